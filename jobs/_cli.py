@@ -1,0 +1,32 @@
+"""What every job's ``main`` shares: flag -> config-key overrides and clean error exits."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from mammoray.config import ConfigError
+
+EXIT_USAGE = 2
+
+
+def add_ray_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a local "
+                        "Ray started by the job)")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray the job starts")
+
+
+def ray_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {"ray.address": args.address, "ray.num_cpus": args.num_cpus}
+
+
+def run(job: Callable[[], Any], *, expected: tuple[type[BaseException], ...] = ()) -> int:
+    """Run ``job``; a bad config, path or input ends with one clear line and exit code 2."""
+    try:
+        job()
+    except (ConfigError, FileExistsError, *expected) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0

@@ -1,0 +1,80 @@
+"""Write a synthetic mammography dataset (DICOM + masks) in a real dataset layout.
+
+    python -m jobs.synthesize --output DIR [--format folder] [--patients N] [--seed N]
+        [--height H --width W] [--film] [--transfer-syntax NAME|mixed] [--defects]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from jobs._cli import run
+from mammoray import dicom_write
+from mammoray.config import ConfigError
+from mammoray.synthetic import FolderOptions, write_folder_dataset
+
+FORMATS = ("folder",)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m jobs.synthesize", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", required=True, help="folder to write (must not exist or be "
+                   "empty)")
+    p.add_argument("--format", default="folder", help=f"layout: {', '.join(FORMATS)}")
+    p.add_argument("--patients", type=int, default=4, help="patients (4 images each)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--height", type=int, default=512, help="image rows (full field: 4084)")
+    p.add_argument("--width", type=int, default=416, help="image columns (full field: 3328)")
+    p.add_argument("--film", action="store_true", help="scanned-film look: 16-bit, labels, "
+                   "bright borders, tape (CBIS-DDSM-like)")
+    p.add_argument("--transfer-syntax", default="explicit-le",
+                   help="mixed, or one of: " + ", ".join(dicom_write.TRANSFER_SYNTAXES))
+    p.add_argument("--monochrome1-fraction", type=float, default=0.15,
+                   help="fraction of images written as MONOCHROME1")
+    p.add_argument("--defects", action="store_true", help="add unusable files (truncated, "
+                   "colour, SR, multi-frame, non-DICOM, mismatched mask) under defects/")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes")
+    return p.parse_args(argv)
+
+
+def options_from_args(args: argparse.Namespace) -> FolderOptions:
+    if args.format not in FORMATS:
+        raise ConfigError(f"--format {args.format}: choose one of {', '.join(FORMATS)}")
+    if not 1 <= args.patients <= 100000:
+        raise ConfigError(f"--patients {args.patients}: allowed 1 to 100000")
+    if not (64 <= args.height <= 16384 and 64 <= args.width <= 16384):
+        raise ConfigError(f"--height/--width {args.height} x {args.width}: allowed 64 to 16384")
+    if args.transfer_syntax != "mixed" and args.transfer_syntax not in dicom_write.TRANSFER_SYNTAXES:
+        raise ConfigError(f"--transfer-syntax {args.transfer_syntax}: choose mixed or one of "
+                          + ", ".join(dicom_write.TRANSFER_SYNTAXES))
+    if not 0.0 <= args.monochrome1_fraction <= 1.0:
+        raise ConfigError(f"--monochrome1-fraction {args.monochrome1_fraction}: allowed 0 to 1")
+    if os.path.isdir(args.output) and os.listdir(args.output):
+        raise ConfigError(f"--output {args.output}: exists and is not empty")
+    return FolderOptions(output=os.path.abspath(args.output), patients=args.patients,
+                         seed=args.seed, height=args.height, width=args.width, film=args.film,
+                         transfer_syntax=args.transfer_syntax,
+                         monochrome1_fraction=args.monochrome1_fraction, defects=args.defects,
+                         workers=max(1, args.workers))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def job() -> None:
+        opts = options_from_args(args)
+        t0 = time.time()
+        truth = write_folder_dataset(opts)
+        print(f"synthesize: {len(truth['images'])} images of {opts.patients} patients "
+              f"({opts.height} x {opts.width}) + {len(truth['defects'])} defect files "
+              f"-> {opts.output} in {time.time() - t0:.1f} s")
+
+    return run(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

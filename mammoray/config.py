@@ -1,0 +1,234 @@
+"""Typed, validated job configuration loaded from YAML.
+
+A config file has one section per concern (``data``, ``ray``; later ``model``, ``train``, ...).
+Every section is a frozen dataclass whose fields carry their allowed range or choices; loading
+checks every key, so an unknown key or an out-of-range value stops a job before any work with a
+message that names the key (``data.size``) and what is allowed.
+
+Command-line flags override config keys by dotted name (``{"data.size": 256}``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, has the wrong type, or is out of range."""
+
+
+def option(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+           choices: tuple[Any, ...] | None = None) -> Any:
+    """A dataclass field with its documentation and allowed values attached."""
+    meta = {"help": help, "min": min, "max": max, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_value(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
+    """Return ``value`` converted to ``tp`` or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _check_value(key, value, args[0], meta)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list of {_type_name(item_tp)}, got {value!r}")
+        return [_check_value(f"{key}[{i}]", v, item_tp, meta) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        allowed = ", ".join(repr(c) for c in meta["choices"])
+        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {allowed}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"{key}: {value!r} is out of range; allowed {lo} to {hi}")
+    return value
+
+
+T = typing.TypeVar("T")
+
+
+def section_from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str) -> T:
+    """Build the section dataclass ``cls`` from a plain dict, checking every key."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    def key(name: str) -> str:
+        return f"{prefix}.{name}" if prefix else name
+
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        where = f"in '{prefix}'" if prefix else "at the top level"
+        raise ConfigError(f"{key(unknown[0])}: unknown key; allowed keys {where} are "
+                          + ", ".join(sorted(known)))
+    kwargs = {}
+    for name, value in data.items():
+        f = known[name]
+        if dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = section_from_dict(hints[name], value, key(name))
+        else:
+            kwargs[name] = _check_value(key(name), value, hints[name], dict(f.metadata))
+    obj = cls(**kwargs)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        check(prefix)
+    return obj
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    """Breast crop (seed study: Gaussian blur, Otsu threshold, largest contour), film-robust."""
+
+    enabled: bool = option(True, "crop image and mask to the breast's bounding box")
+    thumbnail: int = option(512, "long side (px) of the thumbnail the crop is found on",
+                            min=64, max=4096)
+    blur_kernel: int = option(5, "odd Gaussian blur kernel (thumbnail px) before Otsu",
+                              min=1, max=51)
+    opening_fraction: float = option(
+        0.04, "morphological opening, as a fraction of the thumbnail's long side: parts thinner "
+        "than this (film borders, tape, label strokes) are cut off the breast", min=0.0, max=0.2)
+    border_fill: float = option(
+        0.9, "a thumbnail row/column at the top, bottom or non-chest-wall edge whose foreground "
+        "fraction is at least this is a scanner/film border, not breast", min=0.5, max=1.0)
+    border_depth_fraction: float = option(
+        0.15, "how deep (fraction of the side) border bands are searched from each edge",
+        min=0.0, max=0.5)
+    margin_fraction: float = option(0.01, "margin added around the breast box (fraction of "
+                                    "the long side)", min=0.0, max=0.2)
+
+    def check(self, prefix: str) -> None:
+        if self.blur_kernel % 2 == 0:
+            raise ConfigError(f"{prefix}.blur_kernel: must be odd, got {self.blur_kernel}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Preprocessing: raw dataset -> Parquet (``python -m jobs.preprocess``)."""
+
+    format: str = option("folder", "dataset layout of the input tree", choices=("folder",))
+    input: str | None = option(None, "dataset root (local path or pyarrow-filesystem URI)")
+    output: str | None = option(None, "output dataset folder (written aside, then renamed)")
+    overwrite: bool = option(False, "replace an existing output dataset")
+    size: int = option(1024, "output images are size x size (seed study: 1024)", min=16,
+                       max=8192)
+    pad_to_square: bool = option(False, "pad the breast crop to a square before resizing "
+                                 "(keeps the aspect ratio); false stretches as the study did")
+    apply_voi_lut: bool = option(True, "apply the DICOM VOI LUT / window when present")
+    orientation: str = option("auto", "how the chest-wall side is found: auto = "
+                              "PatientOrientation, then laterality, then the image; image = "
+                              "from the pixels only; none = never flip",
+                              choices=("auto", "image", "none"))
+    crop: CropConfig = field(default_factory=CropConfig)
+    clahe_clip_limit: float = option(2.0, "CLAHE clip limit; 0 switches CLAHE off", min=0.0,
+                                     max=100.0)
+    clahe_tile_grid: int = option(8, "CLAHE tiles per side", min=1, max=64)
+    val_fraction: float = option(0.1, "fraction of patients for validation", min=0.0,
+                                 max=0.9)
+    test_fraction: float = option(0.1, "fraction of patients for test", min=0.0, max=0.9)
+    seed: int = option(0, "seed of the patient-level split", min=0)
+    rows_per_file: int = option(64, "rows per Parquet file (bounded so that files stay far "
+                                "below Arrow's 2 GiB array limit)", min=1, max=4096)
+    cpus_per_task: float = option(1.0, "CPUs reserved per preprocessing task", min=0.05,
+                                  max=64.0)
+    salt_env: str = option("MAMMORAY_PATIENT_SALT", "environment variable holding the secret "
+                           "salt of patient keys; unset = a random salt for this run")
+
+    def check(self, prefix: str) -> None:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ConfigError(f"{prefix}.val_fraction + {prefix}.test_fraction: must be below "
+                              f"1.0 so that training keeps patients, got "
+                              f"{self.val_fraction} + {self.test_fraction}")
+        row_bytes = self.size * self.size * 3  # uint16 image + uint8 mask
+        if row_bytes * self.rows_per_file > 1 << 30:
+            limit = max(1, (1 << 30) // row_bytes)
+            raise ConfigError(f"{prefix}.rows_per_file: {self.rows_per_file} rows of "
+                              f"{self.size} x {self.size} exceed 1 GiB per file; allowed 1 "
+                              f"to {limit} at this size")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Where jobs run: a cluster's Ray, or a local Ray the job starts itself."""
+
+    address: str | None = option(None, "Ray address to connect to; unset = RAY_ADDRESS if "
+                                 "set (as under `ray job submit`), else start a local Ray")
+    num_cpus: int | None = option(None, "CPUs of a local Ray the job starts (unset = all)",
+                                  min=1, max=1024)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """All sections of one config file."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: cannot set a key below a non-mapping value")
+    node[parts[-1]] = value
+
+
+def config_from_dict(data: dict[str, Any] | None,
+                     overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Validate a config tree, apply dotted ``overrides`` (None values are skipped)."""
+    tree = dict(data or {})
+    tree = {k: (dict(v) if isinstance(v, dict) else v) for k, v in tree.items()}
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(tree, key, value)
+    return section_from_dict(ExperimentConfig, tree, "")
+
+
+def load_config(path: str | os.PathLike[str] | None,
+                overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Load and validate a YAML config file (None = all defaults), then apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"--config {path}: no such file")
+        with open(path, encoding="utf-8") as fh:
+            try:
+                data = yaml.safe_load(fh) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"--config {path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"--config {path}: the top level must be a mapping of sections")
+    return config_from_dict(data, overrides)

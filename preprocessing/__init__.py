@@ -1,0 +1,1 @@
+"""Raw mammography datasets -> Parquet: pure per-image functions and one Ray Data pipeline."""

@@ -1,0 +1,167 @@
+"""read_dicom on real files written with pydicom / GDCM: exact values, every transfer syntax."""
+
+import numpy as np
+import pytest
+from pydicom import uid
+
+from mammoray import dicom_write
+from preprocessing.dicom_io import RejectedImage, read_dicom
+
+
+def ramp(h=48, w=40, bits=12):
+    """A deterministic image using the whole stored range, min 0 and max 2**bits - 1."""
+    values = np.linspace(0, (1 << bits) - 1, h * w).round().astype(np.uint16)
+    return np.random.default_rng(0).permutation(values).reshape(h, w)
+
+
+def stretch(values):
+    """The reader's contract: linear stretch of [min, max] to [0, 65535], rounded."""
+    v = values.astype(np.float64)
+    return np.rint((v - v.min()) * 65535.0 / (v.max() - v.min())).astype(np.uint16)
+
+
+LOSSLESS = ["implicit-le", "explicit-le", "explicit-be", "deflated", "rle", "jpeg-lossless",
+            "jpeg-lossless-sv1", "jpeg-ls", "jpeg2000-lossless"]
+
+
+@pytest.mark.parametrize("syntax", LOSSLESS)
+def test_lossless_transfer_syntaxes_decode_exactly(syntax):
+    stored = ramp()
+    data = dicom_write.encode(dicom_write.image_dataset(stored, bits_stored=12), syntax)
+    expected_ts = dicom_write.TRANSFER_SYNTAXES[syntax][0]
+    assert expected_ts.encode() in data  # the file really is in that transfer syntax
+    img = read_dicom(data)
+    assert img.pixels.dtype == np.uint16
+    np.testing.assert_array_equal(img.pixels, stretch(stored))
+
+
+@pytest.mark.parametrize("syntax,bits,tolerance", [
+    ("jpeg-baseline", 8, 12 * 257), ("jpeg-extended", 12, 4 * 16),
+    ("jpeg-ls-near", 12, 6 * 16), ("jpeg2000", 12, 200 * 16)])
+def test_lossy_transfer_syntaxes_decode_close(syntax, bits, tolerance):
+    # Smooth content, as lossy codecs are meant for. Error bound per codec, in output units
+    # (stored units x 16 for 12 bits): the codec's error plus the shift of the image's own
+    # min/max, which the stretch follows. A wrong decoder is off by thousands.
+    yy, xx = np.mgrid[0:64, 0:48]
+    stored = ((xx + yy) * ((1 << bits) - 1) / (63 + 47)).round()
+    stored = stored.astype(np.uint8 if bits == 8 else np.uint16)
+    data = dicom_write.encode(dicom_write.image_dataset(stored, bits_stored=bits), syntax)
+    assert dicom_write.TRANSFER_SYNTAXES[syntax][0].encode() in data
+    img = read_dicom(data)
+    err = np.abs(img.pixels.astype(int) - stretch(stored).astype(int))
+    assert err.max() <= tolerance
+
+
+def test_monochrome1_is_inverted():
+    stored = ramp()
+    ds = dicom_write.image_dataset(stored, bits_stored=12, photometric="MONOCHROME1")
+    img = read_dicom(dicom_write.encode(ds, "explicit-le"))
+    np.testing.assert_array_equal(img.pixels, 65535 - stretch(stored))
+    assert img.pixels[stored == 0].item() == 65535
+
+
+def test_bits_stored_ignores_garbage_in_high_bits():
+    stored = ramp(bits=12)
+    raw = stored | np.uint16(0xA000)  # overlay bits above BitsStored
+    ds = dicom_write.image_dataset(raw, bits_stored=12)
+    img = read_dicom(dicom_write.encode(ds, "explicit-le"))
+    np.testing.assert_array_equal(img.pixels, stretch(stored))
+
+
+def test_signed_pixels_and_rescale():
+    stored = np.array([[-100, 0], [50, 300]] * 8, dtype=np.int16).repeat(8, axis=1)
+    ds = dicom_write.image_dataset(stored, bits_stored=16,
+                                   attributes={"RescaleSlope": 2, "RescaleIntercept": 7})
+    img = read_dicom(dicom_write.encode(ds, "explicit-le"))
+    # Modality LUT is affine with positive slope: order is kept; -100 -> 0, 300 -> 65535.
+    assert img.pixels[0, 0] == 0 and img.pixels[1, 8] == 65535
+    # 0 -> 7, 50 -> 107 on a [-193, 607] range.
+    assert img.pixels[0, 8] == round((7 + 193) * 65535 / 800)
+    assert img.pixels[1, 0] == round((107 + 193) * 65535 / 800)
+
+
+def test_voi_window_linear_is_applied_and_optional():
+    stored = np.tile(np.array([0, 1000, 1400, 2000, 2600, 4095], np.uint16), (16, 3))
+    ds = dicom_write.image_dataset(stored, bits_stored=12, attributes={
+        "WindowCenter": 2000, "WindowWidth": 1001})
+    data = dicom_write.encode(ds, "explicit-le")
+    windowed = read_dicom(data).pixels[0, :6]
+    # Below the window -> black, above -> white, centre -> middle grey.
+    assert windowed[0] == 0 and windowed[1] == 0 and windowed[5] == 65535
+    assert windowed[2] == 0 and windowed[4] == 65535
+    assert abs(int(windowed[3]) - 32767) <= 70
+    plain = read_dicom(data, apply_voi=False).pixels[0, :6]
+    np.testing.assert_array_equal(plain, stretch(stored[:1, :6])[0])
+
+
+def test_voi_sigmoid_is_monotonic_and_centred():
+    stored = np.tile(np.arange(0, 4096, 64, dtype=np.uint16), (16, 1))
+    ds = dicom_write.image_dataset(stored, bits_stored=12, attributes={
+        "WindowCenter": 2048, "WindowWidth": 512, "VOILUTFunction": "SIGMOID"})
+    row = read_dicom(dicom_write.encode(ds, "explicit-le")).pixels[0].astype(int)
+    assert np.all(np.diff(row) >= 0)
+    assert abs(row[32] - 32767) < 300  # value 2048 = the centre
+
+
+def test_header_facts():
+    ds = dicom_write.image_dataset(ramp(), bits_stored=12, attributes={
+        "ImageLaterality": "R", "ViewPosition": "MLO", "PatientOrientation": ["P", "FL"],
+        "PixelSpacing": [0.07, 0.07], "PatientID": "SECRET-ID"})
+    img = read_dicom(dicom_write.encode(ds, "explicit-le"))
+    assert (img.laterality, img.view, img.orientation_row) == ("R", "MLO", "P")
+    assert img.pixel_spacing == (0.07, 0.07)
+    assert img.patient_id == "SECRET-ID"
+
+
+def _reason(data):
+    with pytest.raises(RejectedImage) as info:
+        read_dicom(data)
+    return str(info.value)
+
+
+def test_rejects_non_dicom():
+    assert _reason(b"hello world\n" * 100) == "not a DICOM file"
+
+
+def test_rejects_truncated_native_pixels():
+    data = dicom_write.encode(dicom_write.image_dataset(ramp(), bits_stored=12), "explicit-le")
+    assert _reason(data[:-500]).startswith("truncated pixel data")
+
+
+def test_rejects_truncated_compressed_pixels():
+    data = dicom_write.encode(dicom_write.image_dataset(ramp(), bits_stored=12), "jpeg2000-lossless")
+    assert _reason(data[: len(data) - 300]).startswith("truncated or corrupt DICOM")
+
+
+def test_rejects_colour():
+    ds = dicom_write.image_dataset(np.zeros((32, 32), np.uint8), bits_stored=8,
+                                   sop_class=uid.SecondaryCaptureImageStorage)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.PixelData = np.zeros((32, 32, 3), np.uint8).tobytes()
+    assert _reason(dicom_write.encode(ds, "explicit-le")).startswith("colour image")
+
+
+def test_rejects_multiframe():
+    ds = dicom_write.image_dataset(ramp(), bits_stored=12)
+    ds.NumberOfFrames = 2
+    ds.PixelData = np.stack([ramp(), ramp()]).tobytes()
+    assert _reason(dicom_write.encode(ds, "explicit-le")).startswith("multi-frame")
+
+
+def test_rejects_structured_report():
+    ds = dicom_write.image_dataset(ramp(), bits_stored=12, sop_class=uid.BasicTextSRStorage)
+    del ds.PixelData
+    assert _reason(dicom_write.encode(ds, "explicit-le")) == "no pixel data (Basic Text SR Storage)"
+
+
+def test_rejects_constant_image():
+    ds = dicom_write.image_dataset(np.full((32, 32), 7, np.uint16), bits_stored=12)
+    assert _reason(dicom_write.encode(ds, "explicit-le")).startswith("constant image")
+
+
+def test_reasons_carry_no_patient_fields():
+    ds = dicom_write.image_dataset(ramp(), bits_stored=12, attributes={
+        "PatientName": "DOE^JANE", "PatientID": "MRN123"})
+    ds.NumberOfFrames = 2
+    reason = _reason(dicom_write.encode(ds, "explicit-le"))
+    assert "DOE" not in reason and "MRN123" not in reason

@@ -1,0 +1,167 @@
+"""Orientation, breast crop, CLAHE/resize alignment and the exact inverse mapping."""
+
+import dataclasses
+
+import cv2
+import numpy as np
+import pytest
+
+from mammoray.config import CropConfig, DataConfig
+from preprocessing import geometry
+from preprocessing.dicom_io import DicomImage
+from preprocessing.transform import preprocess_image
+
+H, W = 400, 300
+BREAST_BOX = (0, 60, 181, 341)  # half ellipse centred (0, 200), semi-axes 180 x 140
+
+
+def film_image():
+    """Breast on the left, a burnt-in label, and bright borders on three edges that join the
+    breast through the chest-wall strip: a naive largest-component crop takes the frame."""
+    img = np.full((H, W), 2000, np.uint16)
+    breast = np.zeros((H, W), np.uint8)
+    cv2.ellipse(breast, (0, 200), (180, 140), 0, -90, 90, 1, -1)
+    img[breast > 0] = 30000
+    label = np.zeros((H, W), np.uint8)  # OpenCV draws text on 8-bit images only
+    cv2.putText(label, "LCC", (200, 40), cv2.FONT_HERSHEY_SIMPLEX, 1.0, 255, 3)
+    img[label > 0] = 60000
+    img[:, :6] = 60000      # chest-wall-side scanner border
+    img[388:, :] = 60000    # bottom film edge
+    img[:, 290:] = 60000    # outer film edge
+    return img, breast
+
+
+def test_naive_crop_takes_the_whole_frame():
+    img, _ = film_image()
+    naive = CropConfig(opening_fraction=0.0, border_depth_fraction=0.0, margin_fraction=0.0)
+    assert geometry.find_breast_box(img, naive) == (0, 0, W, H)
+
+
+def test_robust_crop_finds_the_breast():
+    img, breast = film_image()
+    ys, xs = np.nonzero(breast)
+    assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == BREAST_BOX
+    box = geometry.find_breast_box(img, CropConfig())
+    x0, y0, x1, y1 = box
+    bx0, by0, bx1, by1 = BREAST_BOX
+    # Contains the whole breast and is at most 2% of the long side (8 px: the 4 px margin
+    # plus blur) larger on each side; the naive crop above was 60-120 px off.
+    assert x0 <= bx0 and y0 <= by0 and x1 >= bx1 and y1 >= by1
+    assert by0 - y0 <= 8 and x1 - bx1 <= 8 and y1 - by1 <= 8
+    assert x1 < 290 and y1 < 388  # no border strip inside
+
+
+def test_crop_on_thumbnail_scales_back():
+    img, _ = film_image()
+    big = cv2.resize(img, (W * 4, H * 4), interpolation=cv2.INTER_NEAREST)
+    x0, y0, x1, y1 = geometry.find_breast_box(big, CropConfig(thumbnail=400))
+    # Found on a 4x smaller thumbnail: the same box as at full size, times 4 (+/- 4 px).
+    assert x0 == 0 and abs(y0 - 4 * 60) <= 4 * 8 and abs(x1 - 4 * 181) <= 4 * 8
+    assert abs(y1 - 4 * 341) <= 4 * 8 and y0 <= 4 * 60 and x1 >= 4 * 181
+
+
+@pytest.mark.parametrize("laterality,orientation,mode,expected", [
+    ("L", "A", "auto", (False, "orientation")),
+    ("L", "P", "auto", (True, "orientation")),      # header pixels say chest wall right
+    ("R", None, "auto", (True, "laterality")),
+    ("L", None, "auto", (False, "laterality")),
+    (None, None, "auto", (True, "image")),          # tissue is on the right in this image
+    ("L", "A", "image", (True, "image")),
+    ("R", "P", "none", (False, "none")),
+])
+def test_needs_flip(laterality, orientation, mode, expected):
+    img, _ = film_image()
+    mirrored = np.ascontiguousarray(img[:, ::-1])
+    assert geometry.needs_flip(mirrored, laterality, orientation, mode) == expected
+
+
+def test_image_fallback_on_plain_breast():
+    img, _ = film_image()
+    assert geometry.chest_wall_left_from_image(img)
+    assert not geometry.chest_wall_left_from_image(np.ascontiguousarray(img[:, ::-1]))
+
+
+def _dicom(pixels, laterality=None, orientation=None):
+    return DicomImage(pixels=pixels, laterality=laterality, view="CC",
+                      orientation_row=orientation, pixel_spacing=None, patient_id=None,
+                      sop_instance_uid=None)
+
+
+def test_mask_stays_aligned_through_flip_crop_clahe_resize():
+    img, breast = film_image()
+    img = np.ascontiguousarray(img[:, ::-1])  # a right breast as written
+    mask = np.zeros((H, W), np.uint8)
+    mask[150:190, 200:240] = 1                # in the mirrored frame
+    img[mask > 0] = 50000
+    cfg = DataConfig(size=128)
+    out = preprocess_image(_dicom(img, "R"), mask, cfg)
+    g = out.geometry
+    assert g.flipped and g.orig_height == H and g.orig_width == W
+    assert out.mask.dtype == np.uint8 and set(np.unique(out.mask)) == {0, 1}
+    # The mask marks the bright square: every masked pixel is brighter than the breast
+    # around it, before and after CLAHE (it moves only intensities, never positions).
+    breast_level = np.median(out.image[(out.mask == 0) & (out.image > 20000)])
+    assert out.image[out.mask > 0].min() > breast_level
+    # Exactly the nearest-neighbour resize of the cropped, flipped mask.
+    ox0, oy0, ox1, oy1 = g.crop  # original (written) coordinates
+    expected = cv2.resize(np.ascontiguousarray(mask[oy0:oy1, ox0:ox1][:, ::-1]), (128, 128),
+                          interpolation=cv2.INTER_NEAREST)
+    np.testing.assert_array_equal(out.mask, expected)
+
+
+def test_to_original_is_exact_without_resampling():
+    rng = np.random.default_rng(3)
+    img = rng.integers(1000, 60000, (64, 64)).astype(np.uint16)
+    mask = (rng.random((64, 64)) > 0.7).astype(np.uint8)
+    cfg = DataConfig(size=64, crop=CropConfig(enabled=False), clahe_clip_limit=0.0)
+    out = preprocess_image(_dicom(img, "R"), mask, cfg)
+    assert out.geometry.flipped
+    np.testing.assert_array_equal(out.mask, mask[:, ::-1])
+    np.testing.assert_array_equal(geometry.to_original(out.mask, out.geometry, nearest=True),
+                                  mask)
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_to_original_round_trip_after_crop_and_resize(pad):
+    img, _ = film_image()
+    img = np.ascontiguousarray(img[:, ::-1])
+    mask = np.zeros((H, W), np.uint8)
+    cv2.circle(mask, (220, 190), 50, 1, -1)
+    cfg = DataConfig(size=256, pad_to_square=pad)
+    out = preprocess_image(_dicom(img, "R"), mask, cfg)
+    back = geometry.to_original(out.mask.astype(np.float32), out.geometry) >= 0.5
+    assert back.shape == (H, W)
+    iou = np.logical_and(back, mask).sum() / np.logical_or(back, mask).sum()
+    # Resampled twice, the outline of a ~43 px (output) radius mass moves by under half a
+    # pixel: IoU >= 1 - 1/r ~ 0.977.
+    assert iou >= 0.97
+    # Nothing outside the crop, and the flip is undone (the mass is where it was drawn).
+    ys, xs = np.nonzero(back)
+    assert abs(xs.mean() - 220) < 1.0 and abs(ys.mean() - 190) < 1.0
+
+
+def test_pad_to_square_keeps_aspect():
+    crop = np.zeros((100, 50), np.uint16)
+    crop[:, :] = 1000
+    out = geometry.resize_square(crop, 100, pad_to_square=True, nearest=True)
+    assert out.shape == (100, 100)
+    assert (out[:, :50] == 1000).all() and (out[:, 50:] == 0).all()
+
+
+def test_to_original_rejects_wrong_shape():
+    g = geometry.Geometry(10, 10, False, (0, 0, 10, 10), 8, False)
+    with pytest.raises(ValueError, match=r"\(8, 8\)"):
+        geometry.to_original(np.zeros((4, 4), np.uint8), g)
+
+
+def test_clahe_switch_and_dtype():
+    img, _ = film_image()
+    assert geometry.apply_clahe(img, 0.0, 8) is img
+    out = geometry.apply_clahe(img, 2.0, 8)
+    assert out.dtype == np.uint16 and out.shape == img.shape and not np.array_equal(out, img)
+
+
+def test_geometry_is_frozen():
+    g = geometry.Geometry(10, 10, False, (0, 0, 10, 10), 8, False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        g.flipped = True
