@@ -113,6 +113,10 @@ class CropConfig:
                             min=64, max=4096)
     blur_kernel: int = option(5, "odd Gaussian blur kernel (thumbnail px) before Otsu",
                               min=1, max=51)
+    threshold_fraction: float = option(
+        0.5, "foreground threshold between the background level (0) and Otsu's threshold "
+        "(1): below 1 keeps the breast's fatty, thinner edge that plain Otsu cuts off; 1.0 is "
+        "the seed study's plain Otsu", min=0.05, max=1.0)
     opening_fraction: float = option(
         0.04, "morphological opening, as a fraction of the thumbnail's long side: parts thinner "
         "than this (film borders, tape, label strokes) are cut off the breast", min=0.0, max=0.2)

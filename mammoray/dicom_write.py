@@ -68,6 +68,7 @@ def image_dataset(pixels: np.ndarray, *, bits_stored: int,
     ds.PixelData = np.ascontiguousarray(pixels).tobytes()
     for keyword, value in (attributes or {}).items():
         setattr(ds, keyword, value)
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     return ds
 
 

@@ -362,10 +362,13 @@ def _patient_images(args: tuple[FolderOptions, int]) -> list[dict[str, Any]]:
         roll = rng.random()
         drop = "all" if roll < 0.05 else "orientation" if roll < 0.15 else "none"
         frame_uid = uid.generate_uid(entropy_srcs=[str(opts.seed), str(index), laterality])
+        attrs = _header(img, patient, study_uid, frame_uid, drop)
+        attrs["SeriesInstanceUID"] = uid.generate_uid(
+            entropy_srcs=[str(opts.seed), str(index), laterality, view, "series"])
+        attrs["SOPInstanceUID"] = uid.generate_uid(
+            entropy_srcs=[str(opts.seed), str(index), laterality, view, "image"])
         ds = dicom_write.image_dataset(img.stored, bits_stored=img.bits_stored,
-                                       photometric=img.photometric,
-                                       attributes=_header(img, patient, study_uid, frame_uid,
-                                                          drop))
+                                       photometric=img.photometric, attributes=attrs)
         stem = f"{laterality}_{view}"
         with open(os.path.join(folder, stem + ".dcm"), "wb") as fh:
             fh.write(dicom_write.encode(ds, syntax))

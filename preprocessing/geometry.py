@@ -93,15 +93,20 @@ def _border_band_depth(fg: np.ndarray, fill: float, max_depth: int) -> int:
 def breast_mask_thumbnail(thumb: np.ndarray, cfg: CropConfig) -> np.ndarray:
     """Binary (0/1 uint8) breast mask on a thumbnail whose chest wall is on the left.
 
-    Gaussian blur + Otsu + largest component as in the seed study, with two guards for scanned
-    film: full-length bright bands along the top, bottom and right edges are removed, and a
+    Gaussian blur + Otsu + largest component as in the seed study; the threshold may sit below
+    Otsu's (``threshold_fraction``) to keep the thin fatty edge; two guards for scanned film: full-length bright bands along the top, bottom and right edges are removed, and a
     morphological opening cuts thin bright structures (film borders, tape, label strokes) off
     the breast before the largest component is taken.
     """
     img8 = to_uint8(thumb)
     if cfg.blur_kernel > 1:
         img8 = cv2.GaussianBlur(img8, (cfg.blur_kernel, cfg.blur_kernel), 0)
-    _, fg = cv2.threshold(img8, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    otsu, fg = cv2.threshold(img8, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    if cfg.threshold_fraction < 1.0:
+        below = img8[fg == 0]
+        background = float(np.median(below)) if below.size else 0.0
+        level = background + cfg.threshold_fraction * (otsu - background)
+        fg = (img8 > level).astype(np.uint8)
     h, w = fg.shape
     depth_y = int(cfg.border_depth_fraction * h)
     depth_x = int(cfg.border_depth_fraction * w)

@@ -44,10 +44,10 @@ def test_robust_crop_finds_the_breast():
     box = geometry.find_breast_box(img, CropConfig())
     x0, y0, x1, y1 = box
     bx0, by0, bx1, by1 = BREAST_BOX
-    # Contains the whole breast and is at most 2% of the long side (8 px: the 4 px margin
-    # plus blur) larger on each side; the naive crop above was 60-120 px off.
+    # Contains the whole breast and is at most 2.5% of the long side (10 px: the 4 px margin
+    # plus blur halo) larger on each side; the naive crop above was 60-120 px off.
     assert x0 <= bx0 and y0 <= by0 and x1 >= bx1 and y1 >= by1
-    assert by0 - y0 <= 8 and x1 - bx1 <= 8 and y1 - by1 <= 8
+    assert by0 - y0 <= 10 and x1 - bx1 <= 10 and y1 - by1 <= 10
     assert x1 < 290 and y1 < 388  # no border strip inside
 
 
@@ -55,9 +55,9 @@ def test_crop_on_thumbnail_scales_back():
     img, _ = film_image()
     big = cv2.resize(img, (W * 4, H * 4), interpolation=cv2.INTER_NEAREST)
     x0, y0, x1, y1 = geometry.find_breast_box(big, CropConfig(thumbnail=400))
-    # Found on a 4x smaller thumbnail: the same box as at full size, times 4 (+/- 4 px).
-    assert x0 == 0 and abs(y0 - 4 * 60) <= 4 * 8 and abs(x1 - 4 * 181) <= 4 * 8
-    assert abs(y1 - 4 * 341) <= 4 * 8 and y0 <= 4 * 60 and x1 >= 4 * 181
+    # Found on a 4x smaller thumbnail: the full-size bounds, times 4.
+    assert x0 == 0 and abs(y0 - 4 * 60) <= 4 * 10 and abs(x1 - 4 * 181) <= 4 * 10
+    assert abs(y1 - 4 * 341) <= 4 * 10 and y0 <= 4 * 60 and x1 >= 4 * 181
 
 
 @pytest.mark.parametrize("laterality,orientation,mode,expected", [

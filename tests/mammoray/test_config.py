@@ -1,0 +1,76 @@
+"""Config loading: every key checked, errors name the key and what is allowed."""
+
+import os
+
+import pytest
+
+from mammoray.config import ConfigError, DataConfig, config_from_dict, load_config
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "jobs", "configs")
+
+
+def test_defaults_are_the_documented_ones():
+    cfg = config_from_dict({})
+    assert cfg.data.size == 1024 and cfg.data.format == "folder"
+    assert cfg.data.crop.enabled and cfg.data.clahe_clip_limit == 2.0
+    assert cfg.ray.address is None
+
+
+def test_overrides_win_and_none_is_skipped():
+    cfg = config_from_dict({"data": {"size": 512}}, {"data.size": 128, "data.input": None,
+                                                      "data.crop.thumbnail": 256})
+    assert cfg.data.size == 128 and cfg.data.input is None and cfg.data.crop.thumbnail == 256
+
+
+@pytest.mark.parametrize("tree,message", [
+    ({"data": {"sise": 5}}, "data.sise: unknown key; allowed keys in 'data' are "),
+    ({"dta": {}}, "dta: unknown key; allowed keys at the top level are data, ray"),
+    ({"data": {"size": 8}}, "data.size: 8 is out of range; allowed 16 to 8192"),
+    ({"data": {"size": "big"}}, "data.size: expected an integer, got 'big'"),
+    ({"data": {"size": 256.0}}, "data.size: expected an integer"),
+    ({"data": {"overwrite": "yes"}}, "data.overwrite: expected true or false"),
+    ({"data": {"format": "dicomdir"}}, "data.format: 'dicomdir' is not allowed; choose one of"),
+    ({"data": {"crop": {"blur_kernel": 4}}}, "data.crop.blur_kernel: must be odd"),
+    ({"data": {"crop": {"nope": 1}}}, "data.crop.nope: unknown key"),
+    ({"data": {"val_fraction": 0.5, "test_fraction": 0.5}},
+     "data.val_fraction + data.test_fraction: must be below 1.0"),
+    ({"data": {"size": 4096, "rows_per_file": 64}},
+     "data.rows_per_file: 64 rows of 4096 x 4096 exceed 1 GiB per file; allowed 1 to 21"),
+    ({"data": [1, 2]}, "data: expected a mapping of keys"),
+])
+def test_bad_values_name_the_key(tree, message):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(tree)
+    assert message in str(info.value)
+
+
+def test_floats_accept_integers():
+    assert config_from_dict({"data": {"clahe_clip_limit": 3}}).data.clahe_clip_limit == 3.0
+
+
+def test_load_yaml_and_errors(tmp_path):
+    good = tmp_path / "c.yaml"
+    good.write_text("data:\n  size: 64\n")
+    assert load_config(str(good)).data.size == 64
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(bad))
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(str(listy))
+
+
+@pytest.mark.parametrize("name", ["laptop.yaml", "thesis.yaml"])
+def test_shipped_configs_load(name):
+    cfg = load_config(os.path.join(CONFIGS, name))
+    assert isinstance(cfg.data, DataConfig)
+
+
+def test_thesis_data_setup():
+    data = load_config(os.path.join(CONFIGS, "thesis.yaml")).data
+    assert data.size == 1024 and not data.pad_to_square and data.crop.enabled
+    assert data.clahe_clip_limit > 0 and data.val_fraction == 0.1

@@ -1,0 +1,192 @@
+"""End to end on a real local Ray: synthetic DICOM tree (with broken files) -> Parquet."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from mammoray.config import config_from_dict
+from mammoray.deid import Salt, salted_key
+from mammoray.synthetic import FAKE_INSTITUTION, FolderOptions, fake_patient, write_folder_dataset
+from preprocessing.pipeline import PreprocessError, run_preprocess
+from preprocessing.transform import image_from_row
+from tests.conftest import TEST_SALT
+
+SIZE = 128
+PATIENTS = 4
+SEED = 21
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+    root = tmp_path_factory.mktemp("raw")
+    truth = write_folder_dataset(FolderOptions(
+        output=str(root), patients=PATIENTS, seed=SEED, height=320, width=256, film=True,
+        transfer_syntax="mixed", monochrome1_fraction=0.3, defects=True))
+    return root, truth
+
+
+@pytest.fixture(scope="module")
+def result(raw, tmp_path_factory, local_ray):
+    root, _ = raw
+    out = tmp_path_factory.mktemp("out") / "dataset"
+    logs: list[str] = []
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MAMMORAY_PATIENT_SALT", TEST_SALT)
+    try:
+        cfg = config_from_dict({"data": {"input": str(root), "output": str(out), "size": SIZE,
+                                         "rows_per_file": 5}})
+        summary = run_preprocess(cfg, log=logs.append)
+    finally:
+        mp.undo()
+    rows = pq.read_table(sorted(glob.glob(str(out / "data" / "*.parquet")))).to_pylist()
+    return out, summary, rows, logs
+
+
+def test_counts_and_reasons(raw, result):
+    _, truth = raw
+    out, summary, rows, logs = result
+    n_images, n_defects = len(truth["images"]), len(truth["defects"])
+    assert summary["counts"] == {"input": n_images + n_defects, "written": n_images,
+                                 "rejected": n_defects}
+    assert len(rows) == n_images
+    rejected = pq.read_table(out / "rejected.parquet").to_pylist()
+    by_path = {r["relpath"]: r["reason"] for r in rejected}
+    assert set(by_path) == {d["relpath"] for d in truth["defects"]}
+    for defect in truth["defects"]:
+        assert defect["expect"] in by_path[defect["relpath"]]
+    assert any(f"{n_images + n_defects} inputs = {n_images} written + {n_defects} rejected"
+               in line for line in logs)
+    on_disk = json.loads((out / "dataset.json").read_text())
+    assert on_disk["counts"] == summary["counts"] and on_disk["schema_version"] == 1
+    split_total = sum(v["images"] for v in on_disk["splits"]["folder"].values())
+    assert split_total == n_images
+
+
+def test_files_are_bounded_and_complete(result):
+    out, _, rows, _ = result
+    files = glob.glob(str(out / "data" / "*.parquet"))
+    assert all(pq.ParquetFile(f).metadata.num_rows <= 5 for f in files)
+    assert len(files) >= len(rows) // 5
+    parent = os.path.dirname(out)
+    assert not [p for p in os.listdir(parent) if ".partial-" in p]
+
+
+def test_rows_shapes_dtypes_and_splits(result):
+    _, _, rows, _ = result
+    by_patient: dict[str, set[str]] = {}
+    for row in rows:
+        image, mask = image_from_row(row)
+        assert image.shape == mask.shape == (SIZE, SIZE)
+        assert image.dtype == np.uint16 and mask.dtype == np.uint8
+        assert set(np.unique(mask)) <= {0, 1}
+        assert row["augment_index"] == 0 and row["source"] == "folder"
+        assert row["reason"] is None and row["relpath"] is None
+        assert "status" not in row
+        by_patient.setdefault(row["patient_key"], set()).add(row["split"])
+    assert len(by_patient) == PATIENTS
+    assert all(len(s) == 1 for s in by_patient.values())  # no patient in two splits
+
+
+def test_masks_match_the_generator_truth(raw, result):
+    """Each row's mask is exactly the truth mask pushed through the row's recorded geometry,
+    and the recorded crop holds the whole breast without taking the film's frame."""
+    root, truth = raw
+    _, _, rows, _ = result
+    salt = Salt(TEST_SALT.encode(), "env")
+    by_id = {row["image_id"]: row for row in rows}
+    for image in truth["images"]:
+        row = by_id[salted_key(salt, "folder", "image", image["relpath"])]
+        truth_mask = cv2.imread(str(root / image["relpath"].replace(".dcm", "_mask.png")),
+                                cv2.IMREAD_GRAYSCALE) > 0
+        x0, y0, x1, y1 = row["crop_x0"], row["crop_y0"], row["crop_x1"], row["crop_y1"]
+        crop = truth_mask[y0:y1, x0:x1].astype(np.uint8)
+        assert row["flipped"] == (image["laterality"] == "R")
+        if row["flipped"]:
+            crop = np.ascontiguousarray(crop[:, ::-1])
+        expected = cv2.resize(crop, (SIZE, SIZE), interpolation=cv2.INTER_NEAREST)
+        np.testing.assert_array_equal(image_from_row(row)[1], expected)
+        assert int(truth_mask[y0:y1, x0:x1].sum()) == image["mass_pixels"]
+        bx0, by0, bx1, by1 = image["breast_box"]
+        # The crop holds the breast, except rows/columns that a bright film border covers
+        # (the generator's bands are at most 3% of a side).
+        tx, ty = 0.03 * 256, 0.03 * 320
+        assert x0 <= bx0 + tx and y0 <= by0 + ty and x1 >= bx1 - tx and y1 >= by1 - ty
+        crop_area = (x1 - x0) * (y1 - y0)
+        assert crop_area <= 1.25 * (bx1 - bx0) * (by1 - by0), image["relpath"]
+
+
+def _forbidden_strings(truth) -> list[str]:
+    values = [FAKE_INSTITUTION, "ZZSYNTH"]
+    for index in list(range(PATIENTS)) + [9999]:
+        patient = fake_patient(SEED, index)
+        values += [patient["PatientID"], patient["AccessionNumber"],
+                   patient["PatientBirthDate"], str(patient["PatientName"])]
+    return values
+
+
+def test_no_patient_field_reaches_any_output(raw, result):
+    _, truth = raw
+    out, _, _, logs = result
+    forbidden = _forbidden_strings(truth)
+    for path in glob.glob(str(out / "**" / "*"), recursive=True):
+        if os.path.isdir(path):
+            continue
+        blob = open(path, "rb").read()
+        for value in forbidden:
+            assert value.encode() not in blob, (value, path)
+        if path.endswith(".parquet"):
+            table = pq.read_table(path)
+            for column in table.column_names:
+                if table.schema.field(column).type in ("string", "large_string"):
+                    for cell in table.column(column).to_pylist():
+                        assert not any(v in (cell or "") for v in forbidden), (column, cell)
+    for line in logs:
+        assert not any(v in line for v in forbidden)
+
+
+def test_existing_output_stops_before_any_work(raw, result):
+    root, _ = raw
+    out, _, _, _ = result
+    before = sorted(os.listdir(out / "data"))
+    cfg = config_from_dict({"data": {"input": str(root), "output": str(out)}})
+    with pytest.raises(PreprocessError, match="already exists"):
+        run_preprocess(cfg)
+    assert sorted(os.listdir(out / "data")) == before
+
+
+def test_missing_input_is_named(tmp_path):
+    cfg = config_from_dict({"data": {"input": str(tmp_path / "nope"),
+                                     "output": str(tmp_path / "o")}})
+    with pytest.raises(PreprocessError, match=r"--input .*nope: no such directory"):
+        run_preprocess(cfg)
+
+
+def test_killed_job_leaves_no_output_that_looks_complete(raw, tmp_path):
+    """SIGKILL the job while it runs: the final output folder must not exist."""
+    root, _ = raw
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.preprocess", "--input", str(root), "--output", str(out),
+         "--size", "64", "--num-cpus", "2"], cwd=REPO, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not glob.glob(str(out) + ".partial-*"):
+            time.sleep(0.05)
+        assert glob.glob(str(out) + ".partial-*"), "the job never started writing"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the job's own session: it and its Ray
+        proc.wait(timeout=30)
+    assert not out.exists()
