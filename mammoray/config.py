@@ -159,10 +159,14 @@ class DataConfig:
                                  max=0.9)
     test_fraction: float = option(0.1, "fraction of patients for test", min=0.0, max=0.9)
     seed: int = option(0, "seed of the patient-level split", min=0)
-    rows_per_file: int = option(64, "rows per Parquet file (bounded so that files stay far "
-                                "below Arrow's 2 GiB array limit)", min=1, max=4096)
+    rows_per_file: int = option(0, "rows per Parquet file; 0 = about 64 MB per file (bounded "
+                                "so that files stay far below Arrow's 2 GiB array limit and "
+                                "the writer's memory stays small)", min=0, max=4096)
     cpus_per_task: float = option(1.0, "CPUs reserved per preprocessing task", min=0.05,
                                   max=64.0)
+    images_per_task: int = option(4, "images one preprocessing task processes in a row "
+                                  "(amortises Ray's per-task cost; memory holds one image at "
+                                  "a time plus the task's output rows)", min=1, max=256)
     salt_env: str = option("MAMMORAY_PATIENT_SALT", "environment variable holding the secret "
                            "salt of patient keys; unset = a random salt for this run")
 

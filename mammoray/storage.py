@@ -32,7 +32,9 @@ def normalize(path: str) -> str:
 
 def read_bytes(path: str) -> bytes:
     fs, inner = resolve(path)
-    with fs.open_input_stream(inner) as fh:
+    # A random-access file reads in one call; an input stream reads through a buffer (4x
+    # slower on a 20 MB mammogram).
+    with fs.open_input_file(inner) as fh:
         return fh.read()
 
 

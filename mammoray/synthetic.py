@@ -336,7 +336,9 @@ def _header(img: SyntheticImage, patient: dict[str, Any], study_uid: str,
 
 
 def _write_png(path: str, mask: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".png", (mask > 0).astype(np.uint8) * 255)
+    """A 0/1 mask as a 1-bit (bilevel) PNG: small, opens in any viewer, decodes fast."""
+    ok, buf = cv2.imencode(".png", (mask > 0).astype(np.uint8) * 255,
+                           [cv2.IMWRITE_PNG_BILEVEL, 1])
     if not ok:
         raise RuntimeError(f"could not encode {path}")
     with open(path, "wb") as fh:

@@ -21,11 +21,14 @@ import tempfile
 import typing
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import pydicom
 from pydicom import uid
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from mammoray.timing import no_timer
 
 UINT16_MAX = 65535
 
@@ -198,21 +201,17 @@ def _pixel_spacing(ds: pydicom.Dataset) -> tuple[float, float] | None:
 
 
 def stretch_to_uint16(values: np.ndarray) -> np.ndarray:
-    """Linear map of the image's own [min, max] onto [0, 65535], rounded to nearest.
+    """Linear map of the image's own [min, max] onto [0, 65535].
 
-    Integer input goes through a lookup table (exact and faster than float arithmetic on a
-    full-field image); float input (after a rescale or VOI LUT) is computed in float64.
+    OpenCV's min-max normalisation computes in float32: a value may differ by 1 (of 65535)
+    from exact rounding; min maps to 0 and max to 65535 exactly. It is 10x faster than an
+    exact lookup table on a full-field image (3 ms vs 30 ms at 4000 x 3000).
     """
-    lo, hi = values.min(), values.max()
+    src = values if values.dtype in (np.uint8, np.uint16, np.int16) else values.astype(np.float64)
+    lo, hi, _, _ = cv2.minMaxLoc(src)
     if not hi > lo:
         raise RejectedImage("constant image (no contrast after the LUTs)")
-    if np.issubdtype(values.dtype, np.integer):
-        span = int(hi) - int(lo)
-        lut = np.rint(np.arange(span + 1, dtype=np.float64) * (UINT16_MAX / span))
-        offset = values.astype(np.int32) - np.int32(lo) if values.dtype.kind == "i" or lo else values
-        return lut.astype(np.uint16)[offset]
-    scaled = (values.astype(np.float64) - float(lo)) * (UINT16_MAX / (float(hi) - float(lo)))
-    return np.rint(scaled).astype(np.uint16)
+    return cv2.normalize(src, None, 0, UINT16_MAX, cv2.NORM_MINMAX, dtype=cv2.CV_16U)
 
 
 def to_monochrome2_uint16(stored: np.ndarray, ds: pydicom.Dataset, *,
@@ -230,18 +229,20 @@ def to_monochrome2_uint16(stored: np.ndarray, ds: pydicom.Dataset, *,
         values = apply_voi_lut(values, ds, index=0)
     out = stretch_to_uint16(np.asarray(values))
     if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
-        np.subtract(UINT16_MAX, out, out=out)
+        cv2.bitwise_not(out, dst=out)  # 65535 - x for uint16
     return out
 
 
-def read_dicom(data: bytes, *, apply_voi: bool = True) -> DicomImage:
+def read_dicom(data: bytes, *, apply_voi: bool = True, timer=no_timer) -> DicomImage:
     """Decode one DICOM file's bytes; raise :class:`RejectedImage` with the reason if unusable."""
-    ds = _parse(data)
-    _check_image(ds)
-    stored = _stored_pixels(ds, data)
+    with timer("decode"):
+        ds = _parse(data)
+        _check_image(ds)
+        stored = _stored_pixels(ds, data)
     if stored.ndim != 2:
         raise RejectedImage(f"decoded pixel array has shape {stored.shape}; expected (H, W)")
-    pixels = to_monochrome2_uint16(stored, ds, apply_voi=apply_voi)
+    with timer("luts"):
+        pixels = to_monochrome2_uint16(stored, ds, apply_voi=apply_voi)
     patient_id = ds.get("PatientID")
     return DicomImage(
         pixels=pixels,

@@ -39,7 +39,7 @@ class Geometry:
 
 def chest_wall_left_from_image(image: np.ndarray) -> bool:
     """True if the breast's mass of tissue sits on the left half (image-based fallback)."""
-    thumb = thumbnail(image, 256)
+    thumb, _ = thumbnail(image, 256)
     _, fg = cv2.threshold(to_uint8(thumb), 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     cols = fg.sum(axis=0).astype(np.float64)
     w = cols.size
@@ -61,14 +61,19 @@ def needs_flip(image: np.ndarray, laterality: str | None, orientation_row: str |
     return not chest_wall_left_from_image(image), "image"
 
 
-def thumbnail(image: np.ndarray, long_side: int) -> np.ndarray:
-    """Area-resampled copy whose long side is at most ``long_side`` pixels."""
+def thumbnail(image: np.ndarray, long_side: int) -> tuple[np.ndarray, int]:
+    """Area-downsampled copy by an integer factor k (long side at most ``long_side``) and k.
+
+    An integer factor takes OpenCV's fast area path (4x faster than an arbitrary scale on a
+    full-field image); up to k - 1 trailing rows/columns are left out of the thumbnail.
+    """
     h, w = image.shape[:2]
-    scale = long_side / max(h, w)
-    if scale >= 1:
-        return image
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    k = max(1, -(-max(h, w) // long_side))
+    if k == 1:
+        return image, 1
+    th, tw = h // k, w // k
+    view = image[: th * k, : tw * k]
+    return cv2.resize(view, (tw, th), interpolation=cv2.INTER_AREA), k
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -134,18 +139,19 @@ def find_breast_box(image: np.ndarray, cfg: CropConfig) -> Box:
     foreground is found.
     """
     h, w = image.shape
-    thumb = thumbnail(image, cfg.thumbnail)
+    thumb, k = thumbnail(image, cfg.thumbnail)
     mask = breast_mask_thumbnail(thumb, cfg)
     ys, xs = np.nonzero(mask)
     if xs.size == 0:
         return (0, 0, w, h)
     th, tw = mask.shape
-    sx, sy = w / tw, h / th
     margin = cfg.margin_fraction * max(h, w)
-    x0 = int(np.floor(xs.min() * sx - margin))
-    y0 = int(np.floor(ys.min() * sy - margin))
-    x1 = int(np.ceil((xs.max() + 1) * sx + margin))
-    y1 = int(np.ceil((ys.max() + 1) * sy + margin))
+    x0 = int(np.floor(xs.min() * k - margin))
+    y0 = int(np.floor(ys.min() * k - margin))
+    # Reaching the thumbnail's last column/row means reaching the image's edge (the < k
+    # trailing pixels the thumbnail left out).
+    x1 = w if xs.max() + 1 == tw else int(np.ceil((xs.max() + 1) * k + margin))
+    y1 = h if ys.max() + 1 == th else int(np.ceil((ys.max() + 1) * k + margin))
     return (max(0, x0), max(0, y0), min(w, x1), min(h, y1))
 
 
@@ -162,7 +168,7 @@ def apply_clahe(image: np.ndarray, clip_limit: float, tile_grid: int) -> np.ndar
     if clip_limit <= 0:
         return image
     clahe = cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tile_grid, tile_grid))
-    return clahe.apply(np.ascontiguousarray(image))
+    return clahe.apply(image)  # a crop view (positive strides) needs no copy
 
 
 def resize_square(image: np.ndarray, size: int, *, pad_to_square: bool,
@@ -180,7 +186,7 @@ def resize_square(image: np.ndarray, size: int, *, pad_to_square: bool,
     shrinking = image.shape[0] >= size and image.shape[1] >= size
     interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if shrinking
                                                  else cv2.INTER_LINEAR)
-    return cv2.resize(np.ascontiguousarray(image), (size, size), interpolation=interp)
+    return cv2.resize(image, (size, size), interpolation=interp)
 
 
 def to_original(output: np.ndarray, geometry: Geometry, *,

@@ -38,6 +38,8 @@ from preprocessing.sources import SCANNERS, SourceImage
 from preprocessing.transform import SCHEMA_VERSION, process_batch
 
 REJECTED_COLUMNS = ("relpath", "source", "image_id", "reason")
+WRITE_CPUS = 0.25  # Parquet writing is light next to decoding; leave the cores to the map
+FILE_BYTES = 64 << 20  # target Parquet file size when data.rows_per_file is 0 (auto)
 
 
 class PreprocessError(RuntimeError):
@@ -141,6 +143,52 @@ def _split_summary(index: pa.Table) -> dict[str, Any]:
     return out
 
 
+def _run_pipeline(ray, records: list[dict[str, Any]], data_cfg: DataConfig,
+                  staged: storage.StagedOutput, salt: Salt, t0: float) -> dict[str, Any]:
+    """Ray Data map + write into ``staged``, then sort and count rows; returns the summary."""
+    t_ray = time.time()
+    # Ray Data reserves a share of the CPUs per operator; on a small machine that leaves
+    # the map one task while the light writer idles on its share. The map is the work.
+    ray.data.DataContext.get_current().op_resource_reservation_enabled = False
+    per_task = data_cfg.images_per_task
+    blocks = max(1, min(-(-len(records) // per_task), 4096))
+    ds = ray.data.from_items(records, override_num_blocks=blocks)
+    ds = ds.map_batches(process_batch, batch_size=per_task, batch_format="numpy",
+                        fn_kwargs={"cfg": data_cfg}, num_cpus=data_cfg.cpus_per_task)
+    rows_per_file = data_cfg.rows_per_file or max(1, FILE_BYTES // (data_cfg.size ** 2 * 3))
+    # The write must stay a separate operator (its own, smaller CPU request prevents
+    # fusion): fused with the map, min_rows_per_file would bundle rows_per_file *input*
+    # images into one serial task, losing parallelism and holding a whole file of
+    # processed rows in one worker.
+    ds.write_parquet(staged.path("rows"), partition_cols=["status"],
+                     min_rows_per_file=rows_per_file, max_rows_per_file=rows_per_file,
+                     ray_remote_args={"num_cpus": WRITE_CPUS})
+    t_written = time.time()
+    index, rejected = _collect(staged)
+    written, n_rejected = index.num_rows, rejected.num_rows
+    if written + n_rejected != len(records):
+        raise PreprocessError(f"row count mismatch: {len(records)} inputs but {written} "
+                              f"written + {n_rejected} rejected; the output was discarded")
+    summary = {
+        "schema_version": SCHEMA_VERSION,
+        "code_version": _code_version(),
+        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "format": data_cfg.format,
+        "parameters": dataclasses.asdict(data_cfg),
+        "patient_key_salt": salt.origin,
+        "image": {"height": data_cfg.size, "width": data_cfg.size, "dtype": "uint16",
+                  "mask_dtype": "uint8", "layout": "row-major bytes"},
+        "counts": {"input": len(records), "written": written, "rejected": n_rejected},
+        "rejected_reasons": dict(Counter(rejected.column("reason").to_pylist())),
+        "splits": _split_summary(index),
+        "seconds": {"total": round(time.time() - t0, 2),
+                    "pipeline": round(t_written - t_ray, 2)},
+    }
+    storage.write_bytes(staged.path("dataset.json"),
+                        json.dumps(summary, indent=2).encode("utf-8"))
+    return summary
+
+
 def run_preprocess(cfg: ExperimentConfig, *,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the preprocessing job; returns the summary written to ``dataset.json``."""
@@ -163,43 +211,15 @@ def run_preprocess(cfg: ExperimentConfig, *,
     records = build_records(images, data_cfg, salt)
     log(f"preprocess: {len(records)} images from {data_cfg.format} dataset, "
         f"{len({r['patient_key'] for r in records})} patients")
-    staged = storage.StagedOutput.create(data_cfg.output, overwrite=data_cfg.overwrite)
     started_ray = init_ray(cfg.ray)
     try:
-        t_ray = time.time()
-        ds = ray.data.from_items(records, override_num_blocks=max(1, min(len(records), 4096)))
-        ds = ds.map_batches(process_batch, batch_size=1, batch_format="numpy",
-                            fn_kwargs={"cfg": data_cfg}, num_cpus=data_cfg.cpus_per_task)
-        ds.write_parquet(staged.path("rows"), partition_cols=["status"],
-                         min_rows_per_file=data_cfg.rows_per_file,
-                         max_rows_per_file=data_cfg.rows_per_file)
-        t_written = time.time()
-        index, rejected = _collect(staged)
-        written, n_rejected = index.num_rows, rejected.num_rows
-        if written + n_rejected != len(records):
-            raise PreprocessError(f"row count mismatch: {len(records)} inputs but {written} "
-                                  f"written + {n_rejected} rejected; the output was discarded")
-        summary = {
-            "schema_version": SCHEMA_VERSION,
-            "code_version": _code_version(),
-            "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "format": data_cfg.format,
-            "parameters": dataclasses.asdict(data_cfg),
-            "patient_key_salt": salt.origin,
-            "image": {"height": data_cfg.size, "width": data_cfg.size, "dtype": "uint16",
-                      "mask_dtype": "uint8", "layout": "row-major bytes"},
-            "counts": {"input": len(records), "written": written, "rejected": n_rejected},
-            "rejected_reasons": dict(Counter(rejected.column("reason").to_pylist())),
-            "splits": _split_summary(index),
-            "seconds": {"total": round(time.time() - t0, 2),
-                        "pipeline": round(t_written - t_ray, 2)},
-        }
-        storage.write_bytes(staged.path("dataset.json"),
-                            json.dumps(summary, indent=2).encode("utf-8"))
-        staged.commit()
-    except BaseException:
-        staged.discard()
-        raise
+        staged = storage.StagedOutput.create(data_cfg.output, overwrite=data_cfg.overwrite)
+        try:
+            summary = _run_pipeline(ray, records, data_cfg, staged, salt, t0)
+            staged.commit()
+        except BaseException:
+            staged.discard()
+            raise
     finally:
         if started_ray:
             ray.shutdown()

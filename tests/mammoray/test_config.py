@@ -74,3 +74,15 @@ def test_thesis_data_setup():
     data = load_config(os.path.join(CONFIGS, "thesis.yaml")).data
     assert data.size == 1024 and not data.pad_to_square and data.crop.enabled
     assert data.clahe_clip_limit > 0 and data.val_fraction == 0.1
+
+
+def test_readme_documents_every_data_key():
+    import dataclasses
+
+    from mammoray.config import CropConfig
+
+    readme = open(os.path.join(CONFIGS, "..", "..", "README.md"), encoding="utf-8").read()
+    keys = [f.name for f in dataclasses.fields(DataConfig) if f.name != "crop"]
+    keys += [f"crop.{f.name}" for f in dataclasses.fields(CropConfig)]
+    missing = [k for k in keys if f"`{k}`" not in readme]
+    assert not missing, f"README lacks config keys: {missing}"
