@@ -5,7 +5,9 @@
 On full-field synthetic scanned-film DICOMs (16-bit, RLE Lossless, default 4000 x 3000):
 (a) decode only (read + pydicom/pylibjpeg-rle decode), (b) a single-process loop over the
 pipeline's own pure functions (``process_record``) with per-stage milliseconds, (c) the Ray Data
-pipeline (``run_preprocess``) with 1 and 2 CPUs at ``--images`` and ``--large`` images. Steady
+pipeline (``run_preprocess``) with 1 and 2 CPUs at ``--images`` and ``--large`` images, (d)
+augmentation: the pure function on one core, and the pipeline at 2 CPUs with 4 copies per
+image against the same run without copies (copies per second per CPU). Steady
 state for (c) is the differential rate (large - images) / (t_large - t_images), which removes
 Ray Data's fixed start cost; each Ray instance first does a warm-up run (worker start-up,
 imports) so that both timed runs are warm; Ray's start-up and the first run are reported
@@ -81,7 +83,8 @@ def records(root: str) -> list[dict]:
             out.append({"image_id": os.path.relpath(path, root), "patient_key": "p",
                         "source": "folder", "split": "train",
                         "relpath": os.path.relpath(path, root), "dicom_path": path,
-                        "mask_path": path[:-4] + "_mask.png"})
+                        "mask": json.dumps({"kind": "png", "path": path[:-4] + "_mask.png"}),
+                        "reject": "", "laterality_hint": "", "view_hint": ""})
     return out
 
 
@@ -105,6 +108,7 @@ def bench_loop(recs: list[dict], cfg) -> tuple[list[float], dict[str, float]]:
         row = process_record(rec, cfg, timer=timer)
         times.append(time.perf_counter() - t0)
         assert row["status"] == "ok", row["reason"]
+        assert row["has_mask_annotation"], "the loop must read the masks, as the pipeline does"
     per_image_ms = {k: 1000 * v / len(recs) for k, v in timer.seconds.items()}
     return times, per_image_ms
 
@@ -143,6 +147,59 @@ class WorkerMemory:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+
+
+def bench_augment(size: int, copies: int = 24) -> float:
+    """Copies per second of the pure augmentation function on one core (OpenCV 1 thread)."""
+    import numpy as np
+
+    from mammoray.config import AugmentConfig
+    from preprocessing.augment import augment, build_augmenter
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 65535, (size, size)).astype(np.uint16)
+    mask = np.zeros((size, size), np.uint8)
+    mask[size // 3: size // 2, size // 3: size // 2] = 1
+    aug = build_augmenter(AugmentConfig())
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    augment(aug, image, mask, seed=0, image_id="warm", k=1)
+    t0 = time.perf_counter()
+    for k in range(copies):
+        augment(aug, image, mask, seed=0, image_id="x", k=k + 1)
+    cv2.setNumThreads(threads)
+    return copies / (time.perf_counter() - t0)
+
+
+def bench_ray_augment(root: str, warmup: str, out: str, size: int, copies: int) -> dict:
+    """2 CPUs, all images in training: the same run without and with ``copies`` per image."""
+    import ray
+
+    from mammoray.config import RayConfig
+    from mammoray.ray_env import init_ray
+    from preprocessing.pipeline import run_preprocess
+
+    def run(name: str, n_copies: int) -> tuple[float, dict]:
+        cfg = config_from_dict({"data": {
+            "output": os.path.join(out, name), "size": size, "overwrite": True,
+            "val_fraction": 0.0, "test_fraction": 0.0,
+            "sources": [{"format": "folder", "input": root if name != "warm" else warmup,
+                         "augment": {"copies": n_copies}}]}})
+        t0 = time.perf_counter()
+        summary = run_preprocess(cfg, log=lambda _: None)
+        return time.perf_counter() - t0, summary
+
+    init_ray(RayConfig(num_cpus=2))
+    try:
+        run("warm", copies)
+        plain_s, _ = run("aug0", 0)
+        aug_s, summary = run("aug", copies)
+    finally:
+        ray.shutdown()
+    made = summary["counts"]["augmented_rows"]
+    return {"cpus": 2, "images": summary["counts"]["written"], "copies_per_image": copies,
+            "copies_made": made, "seconds_without": plain_s, "seconds_with": aug_s,
+            "copies_per_s_per_cpu": made / max(1e-9, aug_s - plain_s) / 2}
 
 
 def bench_ray(runs: list[tuple[str, int]], warmup: str, out: str, size: int,
@@ -231,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
         ray_runs += bench_ray([(small, args.images), (full, args.large)], warmup, work,
                               args.size, cpus)
 
+    print("augmentation ...", flush=True)
+    aug_pure = bench_augment(args.size)
+    aug_ray = bench_ray_augment(small, warmup, work, args.size, copies=4)
+
     def run_of(cpus: int, n: int) -> dict:
         return next(r for r in ray_runs if r["cpus"] == cpus and r["images"] == n)
 
@@ -255,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                             "images_per_s": loop1_rate, "stage_ms_per_image": stages1},
         "c_ray": ray_runs,
         "c_steady_images_per_s": steady,
+        "d_augment": {"pure_copies_per_s_1_thread": aug_pure, "ray": aug_ray},
         "ratios": {"ray2_steady_over_loop": steady[2] / loop_rate,
                    "ray1_steady_over_loop": steady[1] / loop_rate,
                    "ray2_steady_over_loop_1_thread": steady[2] / loop1_rate,
@@ -292,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
               f"first run {r['first_run_s']:.1f} s, "
               f"peak worker USS {r['peak_worker_uss_bytes'] / gib:.2f} GiB, "
               f"RSS {r['peak_worker_rss_bytes'] / gib:.2f} GiB)")
+    print(f"{'(d) augmentation alone, 1 thread (copies/s)':44} {aug_pure:9.2f} "
+          f"{1000 / aug_pure:9.0f}")
+    print(f"(d) Ray Data, 2 CPUs, {aug_ray['images']} images x {aug_ray['copies_per_image']} "
+          f"copies: {aug_ray['seconds_with']:.1f} s vs {aug_ray['seconds_without']:.1f} s "
+          f"without = {aug_ray['copies_per_s_per_cpu']:.1f} copies/s per CPU")
     print("stages of (b), mean ms per image: " + ", ".join(
         f"{k} {v:.0f}" for k, v in stages.items()))
     print("stages of (b) at 1 thread:        " + ", ".join(

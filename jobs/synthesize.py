@@ -1,7 +1,10 @@
 """Write a synthetic mammography dataset (DICOM + masks) in a real dataset layout.
 
-    python -m jobs.synthesize --output DIR [--format folder] [--patients N] [--seed N]
-        [--height H --width W] [--film] [--transfer-syntax NAME|mixed] [--defects]
+    python -m jobs.synthesize --output DIR [--format folder|cbis-ddsm|inbreast] [--patients N]
+        [--seed N] [--height H --width W] [--film] [--transfer-syntax NAME|mixed] [--defects]
+
+cbis-ddsm and inbreast write those datasets' real layouts with their traps (scanned film for
+CBIS-DDSM, digital for INbreast; --film and --defects apply to the folder format).
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from jobs._cli import run
 from mammoray import dicom_write
 from mammoray.config import ConfigError
 from mammoray.synthetic import FolderOptions, write_folder_dataset
+from mammoray.synthetic_layouts import LayoutOptions, write_cbis_ddsm, write_inbreast
 
-FORMATS = ("folder",)
+FORMATS = ("folder", "cbis-ddsm", "inbreast")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -41,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def options_from_args(args: argparse.Namespace) -> FolderOptions:
+def options_from_args(args: argparse.Namespace) -> FolderOptions | LayoutOptions:
     if args.format not in FORMATS:
         raise ConfigError(f"--format {args.format}: choose one of {', '.join(FORMATS)}")
     if not 1 <= args.patients <= 100000:
@@ -55,6 +59,10 @@ def options_from_args(args: argparse.Namespace) -> FolderOptions:
         raise ConfigError(f"--monochrome1-fraction {args.monochrome1_fraction}: allowed 0 to 1")
     if os.path.isdir(args.output) and os.listdir(args.output):
         raise ConfigError(f"--output {args.output}: exists and is not empty")
+    if args.format != "folder":
+        return LayoutOptions(output=os.path.abspath(args.output), patients=args.patients,
+                             seed=args.seed, height=args.height, width=args.width,
+                             transfer_syntax=args.transfer_syntax)
     return FolderOptions(output=os.path.abspath(args.output), patients=args.patients,
                          seed=args.seed, height=args.height, width=args.width, film=args.film,
                          transfer_syntax=args.transfer_syntax,
@@ -68,9 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     def job() -> None:
         opts = options_from_args(args)
         t0 = time.time()
-        truth = write_folder_dataset(opts)
-        print(f"synthesize: {len(truth['images'])} images of {opts.patients} patients "
-              f"({opts.height} x {opts.width}) + {len(truth['defects'])} defect files "
+        writers = {"folder": write_folder_dataset, "cbis-ddsm": write_cbis_ddsm,
+                   "inbreast": write_inbreast}
+        truth = writers[args.format](opts)
+        defects = len(truth.get("defects", []))
+        print(f"synthesize: {len(truth['images'])} {args.format} images of {opts.patients} "
+              f"patients ({opts.height} x {opts.width}) + {defects} defect files "
               f"-> {opts.output} in {time.time() - t0:.1f} s")
 
     return run(job)

@@ -45,6 +45,8 @@ def _check_value(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
         if value is None:
             return None
         return _check_value(key, value, args[0], meta)
+    if dataclasses.is_dataclass(tp):
+        return section_from_dict(tp, value, key)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -134,12 +136,71 @@ class CropConfig:
             raise ConfigError(f"{prefix}.blur_kernel: must be odd, got {self.blur_kernel}")
 
 
+FORMATS = ("folder", "cbis-ddsm", "inbreast")
+INBREAST_MASS_ROI_NAMES = ["Mass", "Spiculated Region", "Espiculated Region", "Spiculated region"]
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmented copies of a source's training images (seed study: elastic, brightness,
+    rotation; INbreast only, to 2060 images). Never applied to validation or test rows."""
+
+    copies: int = option(0, "augmented copies per training image", min=0, max=1000)
+    target_total: int = option(0, "instead of copies: spread copies so that this source's "
+                               "training rows (originals + copies) reach this number; 0 = use "
+                               "copies", min=0, max=10_000_000)
+    seed: int = option(0, "seed of the augmentation draws", min=0)
+    elastic_p: float = option(0.5, "probability of the elastic transform", min=0.0, max=1.0)
+    elastic_alpha: float = option(30.0, "elastic displacement scale (albumentations alpha, "
+                                  "pixels of the output image)", min=0.0, max=10000.0)
+    elastic_sigma: float = option(6.0, "elastic smoothing (albumentations sigma, pixels)",
+                                  min=0.1, max=1000.0)
+    brightness_p: float = option(0.5, "probability of the brightness/contrast change",
+                                 min=0.0, max=1.0)
+    brightness_limit: float = option(0.1, "brightness change, fraction of the range",
+                                     min=0.0, max=1.0)
+    contrast_limit: float = option(0.1, "contrast change, fraction", min=0.0, max=1.0)
+    rotate_p: float = option(0.5, "probability of the rotation", min=0.0, max=1.0)
+    rotate_limit: float = option(15.0, "largest rotation, degrees", min=0.0, max=180.0)
+
+    def check(self, prefix: str) -> None:
+        if self.copies and self.target_total:
+            raise ConfigError(f"{prefix}.copies and {prefix}.target_total: give one of them")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One dataset of a (possibly multi-source) preprocessing run."""
+
+    format: str = option("folder", "dataset layout", choices=FORMATS)
+    input: str | None = option(None, "dataset root (local path or pyarrow-filesystem URI); "
+                               "may be left empty in a shared config and given with "
+                               "--source-input NAME=DIR")
+    name: str | None = option(None, "value of the rows' `source` column (default: format)")
+    official_split: bool = option(True, "keep the dataset's official train/test split when "
+                                  "it has one (CBIS-DDSM); validation is carved out of train "
+                                  "by patient")
+    test_patients: list[str] = option([], "patient identities (CBIS-DDSM patient_id such as "
+                                      "P_00001, INbreast file-name hash, folder PatientID) that "
+                                      "form the test split; never written to any output")
+    mass_roi_names: list[str] = option(INBREAST_MASS_ROI_NAMES, "INbreast ROI names that are "
+                                       "masses (matched without case); all others are not")
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    @property
+    def source_name(self) -> str:
+        return self.name or self.format
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """Preprocessing: raw dataset -> Parquet (``python -m jobs.preprocess``)."""
+    """Preprocessing: raw dataset(s) -> Parquet (``python -m jobs.preprocess``)."""
 
-    format: str = option("folder", "dataset layout of the input tree", choices=("folder",))
-    input: str | None = option(None, "dataset root (local path or pyarrow-filesystem URI)")
+    format: str | None = option(None, "single-source shorthand: dataset layout (default "
+                                "folder)", choices=FORMATS)
+    input: str | None = option(None, "single-source shorthand: dataset root")
+    sources: list[SourceConfig] = option([], "several datasets in one run (instead of "
+                                         "format/input); `source` is kept per row")
     output: str | None = option(None, "output dataset folder (written aside, then renamed)")
     overwrite: bool = option(False, "replace an existing output dataset")
     size: int = option(1024, "output images are size x size (seed study: 1024)", min=16,
@@ -170,7 +231,31 @@ class DataConfig:
     salt_env: str = option("MAMMORAY_PATIENT_SALT", "environment variable holding the secret "
                            "salt of patient keys; unset = a random salt for this run")
 
+    def resolved_sources(self) -> list[SourceConfig]:
+        """The sources of this run: ``sources``, or the single format/input shorthand."""
+        if self.sources:
+            return list(self.sources)
+        return [SourceConfig(format=self.format or "folder", input=self.input)]
+
+    def with_source_inputs(self, inputs: dict[str, str]) -> "DataConfig":
+        """A copy whose sources named in ``inputs`` read from the given roots."""
+        names = [s.source_name for s in self.sources]
+        unknown = sorted(set(inputs) - set(names))
+        if unknown:
+            raise ConfigError(f"--source-input {unknown[0]}: no such source; the config's "
+                              f"sources are {', '.join(names) or 'none (use --input)'}")
+        sources = [dataclasses.replace(s, input=inputs.get(s.source_name, s.input))
+                   for s in self.sources]
+        return dataclasses.replace(self, sources=sources)
+
     def check(self, prefix: str) -> None:
+        if self.sources and (self.input or self.format):
+            raise ConfigError(f"{prefix}.sources: give either {prefix}.sources or "
+                              f"{prefix}.format/{prefix}.input (--format/--input), not both")
+        names = [s.source_name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{prefix}.sources: source names must differ, got {names}; "
+                              f"set `name` on sources of the same format")
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ConfigError(f"{prefix}.val_fraction + {prefix}.test_fraction: must be below "
                               f"1.0 so that training keeps patients, got "

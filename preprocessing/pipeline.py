@@ -26,16 +26,18 @@ from collections import Counter
 from typing import Any, Callable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 import mammoray
 from mammoray import storage
-from mammoray.config import ConfigError, DataConfig, ExperimentConfig
+from mammoray.config import ConfigError, DataConfig, ExperimentConfig, SourceConfig
 from mammoray.deid import Salt, load_salt, salted_key
+from preprocessing import augment
 from preprocessing import splits as splits_mod
-from preprocessing.sources import SCANNERS, SourceImage
-from preprocessing.transform import SCHEMA_VERSION, process_batch
+from preprocessing.sources import SCANNERS, SourceError, SourceImage
+from preprocessing.transform import PASSTHROUGH, SCHEMA_VERSION, process_batch
 
 REJECTED_COLUMNS = ("relpath", "source", "image_id", "reason")
 WRITE_CPUS = 0.25  # Parquet writing is light next to decoding; leave the cores to the map
@@ -47,13 +49,16 @@ class PreprocessError(RuntimeError):
 
 
 def check_paths(cfg: DataConfig) -> None:
-    """Stop before any work when input/output are missing or unusable."""
-    if not cfg.input:
-        raise ConfigError("data.input: required (the dataset root); pass --input DIR")
+    """Stop before any work when an input or the output is missing or unusable."""
+    sources = cfg.resolved_sources()
+    for i, src in enumerate(sources):
+        key = f"data.sources[{i}].input" if cfg.sources else "data.input"
+        if not src.input:
+            raise ConfigError(f"{key}: required (the dataset root); pass --input DIR")
+        if not storage.is_dir(src.input):
+            raise PreprocessError(f"--input {src.input}: no such directory")
     if not cfg.output:
         raise ConfigError("data.output: required (the output folder); pass --output DIR")
-    if not storage.is_dir(cfg.input):
-        raise PreprocessError(f"--input {cfg.input}: no such directory")
     output = storage.normalize(cfg.output).rstrip("/")
     if storage.exists(output) and not cfg.overwrite:
         raise PreprocessError(f"--output {cfg.output}: already exists; choose another folder "
@@ -68,28 +73,66 @@ def check_paths(cfg: DataConfig) -> None:
                                   f"writable")
 
 
-def build_records(images: list[SourceImage], cfg: DataConfig,
-                  salt: Salt) -> list[dict[str, Any]]:
-    """Manifest records for the workers: salted keys, split, file paths; no raw identities."""
-    identities = [img.patient or f"file:{img.relpath}" for img in images]
-    split_of = splits_mod.assign_splits(
-        (f"{img.source}\x1f{ident}" for img, ident in zip(images, identities)),
-        cfg.val_fraction, cfg.test_fraction, cfg.seed)
-    records = []
-    for img, ident in zip(images, identities):
-        records.append({
-            "image_id": salted_key(salt, img.source, "image", img.relpath),
-            "patient_key": salted_key(salt, img.source, "patient", ident),
-            "source": img.source,
-            "split": split_of[f"{img.source}\x1f{ident}"],
-            "relpath": img.relpath,
-            "dicom_path": img.dicom_path,
-            "mask_path": img.mask_path,
-            "pathology": img.extra.get("pathology"),
-            "assessment": img.extra.get("assessment"),
-            "abnormality_count": img.extra.get("abnormality_count"),
-        })
-    return records
+def _identity(img: SourceImage) -> str:
+    return img.patient or f"file:{img.relpath}"
+
+
+def split_source(src: SourceConfig, images: list[SourceImage],
+                 cfg: DataConfig) -> tuple[dict[str, str], dict[str, int]]:
+    """Patient -> split for one source, and counts of what decided it.
+
+    Test: the dataset's official test split when it has one (and ``official_split``), plus
+    ``test_patients``; a patient with any test image is wholly test (no patient in two
+    splits). Validation is carved out of the remaining patients by ``val_fraction``. Without
+    an official split or a test list, ``test_fraction`` of the patients is test.
+    """
+    patients = sorted({_identity(img) for img in images})
+    listed = set(src.test_patients)
+    official = src.official_split and any(img.official_split for img in images)
+    test = {p for p in patients if p in listed}
+    if official:
+        test |= {_identity(img) for img in images
+                 if img.official_split == "test" or img.official_test_patient}
+    rest = [p for p in patients if p not in test]
+    fixed_test = official or bool(listed)
+    split_of = splits_mod.assign_splits(rest, cfg.val_fraction,
+                                        0.0 if fixed_test else cfg.test_fraction, cfg.seed)
+    split_of.update({p: "test" for p in test})
+    moved = sum(1 for img in images
+                if img.official_split == "train" and split_of[_identity(img)] == "test")
+    return split_of, {"official_split": int(official), "listed_test_patients": len(test & listed),
+                      "train_images_moved_to_test_with_their_patient": moved}
+
+
+def build_records(scanned: list[tuple[SourceConfig, list[SourceImage]]], cfg: DataConfig,
+                  salt: Salt) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Manifest records for the workers (salted keys, split, files, augmentation copies; no
+    raw identities) and per-source notes on how the split was made."""
+    records: list[dict[str, Any]] = []
+    notes: dict[str, Any] = {}
+    for src, images in scanned:
+        name = src.source_name
+        split_of, notes[name] = split_source(src, images, cfg)
+        train = [img for img in images if split_of[_identity(img)] == "train" and not img.reject]
+        copies = dict(zip((id(img) for img in train),
+                          augment.copies_for(len(train), copies=src.augment.copies,
+                                             target_total=src.augment.target_total)))
+        for img in images:
+            records.append({
+                "image_id": salted_key(salt, name, "image", img.relpath),
+                "patient_key": salted_key(salt, name, "patient", _identity(img)),
+                "source": name,
+                "split": split_of[_identity(img)],
+                "relpath": img.relpath,
+                "dicom_path": img.dicom_path,
+                "mask": json.dumps(img.mask) if img.mask else "",
+                "reject": img.reject or "",
+                "laterality_hint": img.laterality or "",
+                "view_hint": img.view or "",
+                "augment_copies": copies.get(id(img), 0),
+                **{k: img.extra.get(k) for k in PASSTHROUGH},
+            })
+    return records, notes
 
 
 def _code_version() -> str:
@@ -111,14 +154,15 @@ def _collect(staged: storage.StagedOutput) -> tuple[pa.Table, pa.Table]:
         fs.move(ok_dir, data)
     else:
         fs.create_dir(data)
-    index_cols = ["image_id", "patient_key", "source", "split", "has_mass",
+    index_cols = ["image_id", "patient_key", "source", "split", "augment_index", "has_mass",
                   "has_mask_annotation"]
     files = [i.path for i in fs.get_file_info(storage.pafs.FileSelector(data))
              if i.path.endswith(".parquet")]
     if files:
         index = pads.dataset(files, filesystem=fs, format="parquet").to_table(columns=index_cols)
     else:
-        index = pa.table({c: pa.array([], pa.string()) for c in index_cols})
+        index = pa.table({c: pa.array([], pa.int64() if c == "augment_index" else pa.string())
+                          for c in index_cols})
     if fs.get_file_info(rej_dir).type == storage.pafs.FileType.Directory:
         rejected = pads.dataset(rej_dir, filesystem=fs, format="parquet").to_table(
             columns=list(REJECTED_COLUMNS)).sort_by("relpath")
@@ -131,20 +175,25 @@ def _collect(staged: storage.StagedOutput) -> tuple[pa.Table, pa.Table]:
 
 
 def _split_summary(index: pa.Table) -> dict[str, Any]:
+    """Per source and split: original images, patients, images with a mass, augmented rows."""
     rows = index.to_pylist()
     out: dict[str, Any] = {}
     for source in sorted({r["source"] for r in rows}):
         per = {}
         for split in splits_mod.SPLITS:
             sel = [r for r in rows if r["source"] == source and r["split"] == split]
-            per[split] = {"images": len(sel), "patients": len({r["patient_key"] for r in sel}),
-                          "with_mass": sum(bool(r["has_mass"]) for r in sel)}
+            originals = [r for r in sel if r["augment_index"] == 0]
+            per[split] = {"images": len(originals),
+                          "patients": len({r["patient_key"] for r in originals}),
+                          "with_mass": sum(bool(r["has_mass"]) for r in originals),
+                          "augmented_rows": len(sel) - len(originals)}
         out[source] = per
     return out
 
 
-def _run_pipeline(ray, records: list[dict[str, Any]], data_cfg: DataConfig,
-                  staged: storage.StagedOutput, salt: Salt, t0: float) -> dict[str, Any]:
+def _run_pipeline(ray, records: list[dict[str, Any]], notes: dict[str, Any],
+                  data_cfg: DataConfig, staged: storage.StagedOutput, salt: Salt,
+                  t0: float) -> dict[str, Any]:
     """Ray Data map + write into ``staged``, then sort and count rows; returns the summary."""
     t_ray = time.time()
     # Ray Data reserves a share of the CPUs per operator; on a small machine that leaves
@@ -153,8 +202,10 @@ def _run_pipeline(ray, records: list[dict[str, Any]], data_cfg: DataConfig,
     per_task = data_cfg.images_per_task
     blocks = max(1, min(-(-len(records) // per_task), 4096))
     ds = ray.data.from_items(records, override_num_blocks=blocks)
-    ds = ds.map_batches(process_batch, batch_size=per_task, batch_format="numpy",
-                        fn_kwargs={"cfg": data_cfg}, num_cpus=data_cfg.cpus_per_task)
+    ds = ds.map_batches(process_batch, batch_size=per_task, batch_format="pyarrow",
+                        fn_kwargs={"cfg": data_cfg, "augment_by_source": {
+                            s.source_name: s.augment for s in data_cfg.resolved_sources()}},
+                        num_cpus=data_cfg.cpus_per_task)
     rows_per_file = data_cfg.rows_per_file or max(1, FILE_BYTES // (data_cfg.size ** 2 * 3))
     # The write must stay a separate operator (its own, smaller CPU request prevents
     # fusion): fused with the map, min_rows_per_file would bundle rows_per_file *input*
@@ -165,7 +216,10 @@ def _run_pipeline(ray, records: list[dict[str, Any]], data_cfg: DataConfig,
                      ray_remote_args={"num_cpus": WRITE_CPUS})
     t_written = time.time()
     index, rejected = _collect(staged)
-    written, n_rejected = index.num_rows, rejected.num_rows
+    originals = pc.equal(index.column("augment_index"), 0)
+    written = int(pc.sum(originals).as_py() or 0)
+    augmented = index.num_rows - written
+    n_rejected = rejected.num_rows
     if written + n_rejected != len(records):
         raise PreprocessError(f"row count mismatch: {len(records)} inputs but {written} "
                               f"written + {n_rejected} rejected; the output was discarded")
@@ -173,20 +227,31 @@ def _run_pipeline(ray, records: list[dict[str, Any]], data_cfg: DataConfig,
         "schema_version": SCHEMA_VERSION,
         "code_version": _code_version(),
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "format": data_cfg.format,
-        "parameters": dataclasses.asdict(data_cfg),
+        "sources": {s.source_name: s.format for s in data_cfg.resolved_sources()},
+        "parameters": _parameters(data_cfg),
         "patient_key_salt": salt.origin,
         "image": {"height": data_cfg.size, "width": data_cfg.size, "dtype": "uint16",
                   "mask_dtype": "uint8", "layout": "row-major bytes"},
-        "counts": {"input": len(records), "written": written, "rejected": n_rejected},
+        "counts": {"input": len(records), "written": written, "rejected": n_rejected,
+                   "augmented_rows": augmented},
         "rejected_reasons": dict(Counter(rejected.column("reason").to_pylist())),
         "splits": _split_summary(index),
+        "split_notes": notes,
         "seconds": {"total": round(time.time() - t0, 2),
                     "pipeline": round(t_written - t_ray, 2)},
     }
     storage.write_bytes(staged.path("dataset.json"),
                         json.dumps(summary, indent=2).encode("utf-8"))
     return summary
+
+
+def _parameters(cfg: DataConfig) -> dict[str, Any]:
+    """The config as written to dataset.json: test patient lists are raw identities, so only
+    their length is kept."""
+    params = dataclasses.asdict(cfg)
+    for src in params["sources"]:
+        src["test_patients"] = f"<{len(src['test_patients'])} patients, not written>"
+    return params
 
 
 def run_preprocess(cfg: ExperimentConfig, *,
@@ -198,24 +263,31 @@ def run_preprocess(cfg: ExperimentConfig, *,
 
     data_cfg = cfg.data
     check_paths(data_cfg)
-    input_root = storage.normalize(data_cfg.input)
     t0 = time.time()
-    images = SCANNERS[data_cfg.format](input_root)
-    if not images:
-        raise PreprocessError(f"--input {data_cfg.input}: no DICOM files (*.dcm) found for "
-                              f"format '{data_cfg.format}'")
+    scanned = []
+    for src in data_cfg.resolved_sources():
+        root = storage.normalize(src.input)
+        images = SCANNERS[src.format](root, src.source_name, src)
+        if not images:
+            raise PreprocessError(f"--input {src.input}: no DICOM files (*.dcm) found for "
+                                  f"format '{src.format}'")
+        scanned.append((src, images))
     salt = load_salt(data_cfg.salt_env)
     if salt.origin == "random":
         log(f"note: {data_cfg.salt_env} is not set; patient keys use a random salt and differ "
             f"between runs (splits do not)")
-    records = build_records(images, data_cfg, salt)
-    log(f"preprocess: {len(records)} images from {data_cfg.format} dataset, "
-        f"{len({r['patient_key'] for r in records})} patients")
+    records, notes = build_records(scanned, data_cfg, salt)
+    for src, images in scanned:
+        name = src.source_name
+        mine = [r for r in records if r["source"] == name]
+        log(f"preprocess: {name}: {len(mine)} images of {len({r['patient_key'] for r in mine})}"
+            f" patients ({src.format}); {sum(r['augment_copies'] for r in mine)} augmented "
+            f"copies planned")
     started_ray = init_ray(cfg.ray)
     try:
         staged = storage.StagedOutput.create(data_cfg.output, overwrite=data_cfg.overwrite)
         try:
-            summary = _run_pipeline(ray, records, data_cfg, staged, salt, t0)
+            summary = _run_pipeline(ray, records, notes, data_cfg, staged, salt, t0)
             staged.commit()
         except BaseException:
             staged.discard()
@@ -225,7 +297,8 @@ def run_preprocess(cfg: ExperimentConfig, *,
             ray.shutdown()
     counts = summary["counts"]
     log(f"preprocess: {counts['input']} inputs = {counts['written']} written + "
-        f"{counts['rejected']} rejected -> {staged.final}")
+        f"{counts['rejected']} rejected (+ {counts['augmented_rows']} augmented rows) -> "
+        f"{staged.final}")
     for reason, n in sorted(summary["rejected_reasons"].items()):
         log(f"  rejected {n}: {reason}")
     return summary

@@ -9,29 +9,47 @@ its reason, so that one bad file never stops a dataset.
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
+import pyarrow as pa
 
 from mammoray import storage
-from mammoray.config import DataConfig
+from mammoray.config import AugmentConfig, DataConfig
 from mammoray.timing import no_timer
-from preprocessing import geometry
+from preprocessing import augment, geometry
 from preprocessing.dicom_io import DicomImage, RejectedImage, read_dicom
+from preprocessing.masks import MASK_READERS
 
 SCHEMA_VERSION = 1
 
 # Row columns in order. Rejected rows have empty image/mask bytes and carry `relpath` and
 # `reason`; written rows have them null (a data row never names its source file).
-COLUMNS = (
-    "image_id", "patient_key", "source", "split", "augment_index", "laterality", "view",
-    "height", "width", "image", "mask", "has_mask_annotation", "has_mass", "mass_pixels",
-    "orig_height", "orig_width", "flipped", "flip_source", "crop_x0", "crop_y0", "crop_x1",
-    "crop_y1", "pixel_spacing_row", "pixel_spacing_col", "pathology", "assessment",
-    "abnormality_count", "status", "reason", "relpath",
-)
+# Row schema (version 1). Rejected rows have empty image/mask bytes and carry `relpath` and
+# `reason`; written rows have them null (a data row never names its source file).
+SCHEMA = pa.schema([
+    ("image_id", pa.string()), ("patient_key", pa.string()), ("source", pa.string()),
+    ("split", pa.string()), ("augment_index", pa.int32()), ("laterality", pa.string()),
+    ("view", pa.string()), ("height", pa.int32()), ("width", pa.int32()),
+    ("image", pa.binary()), ("mask", pa.binary()), ("has_mask_annotation", pa.bool_()),
+    ("has_mass", pa.bool_()), ("mass_pixels", pa.int64()), ("orig_height", pa.int32()),
+    ("orig_width", pa.int32()), ("flipped", pa.bool_()), ("flip_source", pa.string()),
+    ("crop_x0", pa.int32()), ("crop_y0", pa.int32()), ("crop_x1", pa.int32()),
+    ("crop_y1", pa.int32()), ("pixel_spacing_row", pa.float64()),
+    ("pixel_spacing_col", pa.float64()), ("pathology", pa.string()),
+    ("assessment", pa.string()), ("abnormality_count", pa.int32()), ("subtlety", pa.int32()),
+    ("mass_shape", pa.string()), ("mass_margins", pa.string()),
+    ("breast_density", pa.string()), ("status", pa.string()), ("reason", pa.string()),
+    ("relpath", pa.string()),
+])
+COLUMNS = tuple(SCHEMA.names)
+# Dataset facts an adapter passes through to the rows (null where the dataset lacks them).
+PASSTHROUGH = ("pathology", "assessment", "abnormality_count", "subtlety", "mass_shape",
+               "mass_margins", "breast_density")
 
 
 @dataclass(frozen=True)
@@ -42,21 +60,6 @@ class ProcessedImage:
     mask: np.ndarray | None
     geometry: geometry.Geometry
     flip_source: str
-
-
-def decode_mask(data: bytes, shape: tuple[int, int]) -> np.ndarray:
-    """A mask image file (PNG, any depth) -> (H, W) uint8 0/1; non-zero = mass."""
-    raw = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        raise RejectedImage("mask file is not a readable image")
-    if raw.ndim == 3:
-        raw = raw.max(axis=2)
-    if raw.shape != shape:
-        raise RejectedImage(f"mask size {raw.shape[0]} x {raw.shape[1]} does not match the "
-                            f"image size {shape[0]} x {shape[1]}")
-    if raw.dtype not in (np.uint8, np.uint16):
-        return (raw != 0).astype(np.uint8)
-    return cv2.threshold(raw, 0, 1, cv2.THRESH_BINARY)[1].astype(np.uint8, copy=False)
 
 
 def preprocess_image(dicom: DicomImage, mask: np.ndarray | None, cfg: DataConfig, *,
@@ -97,8 +100,7 @@ def preprocess_image(dicom: DicomImage, mask: np.ndarray | None, cfg: DataConfig
 
 def _empty_row(record: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {c: None for c in COLUMNS}
-    for key in ("image_id", "patient_key", "source", "split", "pathology", "assessment",
-                "abnormality_count"):
+    for key in ("image_id", "patient_key", "source", "split", *PASSTHROUGH):
         row[key] = record.get(key)
     row["augment_index"] = 0
     return row
@@ -113,17 +115,23 @@ def rejected_row(record: dict[str, Any], reason: str) -> dict[str, Any]:
 
 def process_record(record: dict[str, Any], cfg: DataConfig, *,
                    timer=no_timer) -> dict[str, Any]:
-    """Read and preprocess one manifest record; never raises for a bad file."""
+    """Read and preprocess one manifest record; never raises for a bad file.
+
+    ``record["mask"]`` is a JSON mask spec for :data:`preprocessing.masks.MASK_READERS` or
+    empty (no annotation); ``record["reject"]`` carries an adapter's reason, if any.
+    """
+    if record.get("reject"):
+        return rejected_row(record, record["reject"])
     try:
         with timer("read"):
             data = storage.read_bytes(record["dicom_path"])
         dicom = read_dicom(data, apply_voi=cfg.apply_voi_lut, timer=timer)
         del data
-        mask = None
-        if record.get("mask_path"):
+        mask, count = None, None
+        if record.get("mask"):
             with timer("mask"):
-                mask = decode_mask(storage.read_bytes(record["mask_path"]),
-                                   dicom.pixels.shape)
+                spec = json.loads(record["mask"])
+                mask, count = MASK_READERS[spec["kind"]](spec, dicom.pixels.shape)
         result = preprocess_image(dicom, mask, cfg, timer=timer)
     except RejectedImage as exc:
         return rejected_row(record, str(exc))
@@ -133,7 +141,10 @@ def process_record(record: dict[str, Any], cfg: DataConfig, *,
         return rejected_row(record, f"unexpected error ({type(exc).__name__}: "
                                     f"{str(exc).splitlines()[0][:160] if str(exc) else ''})")
     with timer("serialize"):
-        return _written_row(record, dicom, result, cfg)
+        row = _written_row(record, dicom, result, cfg)
+    if row["abnormality_count"] is None and count is not None:
+        row["abnormality_count"] = count
+    return row
 
 
 def _written_row(record: dict[str, Any], dicom: DicomImage, result: ProcessedImage,
@@ -143,7 +154,8 @@ def _written_row(record: dict[str, Any], dicom: DicomImage, result: ProcessedIma
     spacing = dicom.pixel_spacing or (None, None)
     mass_pixels = int(result.mask.sum()) if result.mask is not None else 0
     row.update(
-        laterality=dicom.laterality, view=dicom.view, height=cfg.size, width=cfg.size,
+        laterality=dicom.laterality or record.get("laterality_hint") or None,
+        view=dicom.view or record.get("view_hint") or None, height=cfg.size, width=cfg.size,
         image=result.image.tobytes(),
         mask=(result.mask if result.mask is not None
               else np.zeros((cfg.size, cfg.size), np.uint8)).tobytes(),
@@ -155,20 +167,44 @@ def _written_row(record: dict[str, Any], dicom: DicomImage, result: ProcessedIma
     return row
 
 
-def process_batch(batch: dict[str, np.ndarray], cfg: DataConfig) -> dict[str, list[Any]]:
-    """Ray Data ``map_batches`` function: manifest columns in, row columns out."""
+def augmented_rows(row: dict[str, Any], copies: int, cfg: AugmentConfig) -> list[dict[str, Any]]:
+    """``copies`` augmented rows of a written training row (augment_index 1..copies)."""
+    if copies <= 0 or row["status"] != "ok":
+        return []
+    image, mask = image_from_row(row)
+    augmenter = _augmenter(cfg)
+    out = []
+    for k in range(1, copies + 1):
+        aug_image, aug_mask = augment.augment(augmenter, image, mask, seed=cfg.seed,
+                                              image_id=row["image_id"], k=k)
+        copy = dict(row)
+        mass_pixels = int(aug_mask.sum())
+        copy.update(augment_index=k, image=aug_image.tobytes(), mask=aug_mask.tobytes(),
+                    mass_pixels=mass_pixels, has_mass=mass_pixels > 0)
+        out.append(copy)
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _augmenter(cfg: AugmentConfig):
+    return augment.build_augmenter(cfg)
+
+
+def process_batch(batch: pa.Table, cfg: DataConfig,
+                  augment_by_source: dict[str, AugmentConfig] | None = None) -> pa.Table:
+    """Ray Data ``map_batches`` function: manifest columns in, row columns out (plus augmented
+    copies of training rows whose record asks for ``augment_copies``)."""
     # OpenCV starts a thread per core; a task that reserved N CPUs must use N, or two
     # workers on two cores oversubscribe them (measured: 30% of the throughput lost).
     cv2.setNumThreads(max(1, int(cfg.cpus_per_task)))
-    n = len(batch["image_id"])
-    records = [{k: _plain(v[i]) for k, v in batch.items()} for i in range(n)]
-    rows = [process_record(r, cfg) for r in records]
-    return {c: [row[c] for row in rows] for c in COLUMNS}
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars from a batch -> Python values."""
-    return value.item() if isinstance(value, np.generic) else value
+    rows = []
+    for record in batch.to_pylist():
+        row = process_record(record, cfg)
+        rows.append(row)
+        copies = int(record.get("augment_copies") or 0)
+        if copies and row["split"] == "train" and augment_by_source:
+            rows += augmented_rows(row, copies, augment_by_source[row["source"]])
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
 def image_from_row(row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -66,6 +66,6 @@ def test_synthesize_writes_dataset(tmp_path, capsys):
                             "96", "--width", "80"])
     assert code == 0
     assert len(list((tmp_path / "s").rglob("*.dcm"))) == 4
-    assert "synthesize: 4 images of 1 patients" in capsys.readouterr().out
+    assert "synthesize: 4 folder images of 1 patients" in capsys.readouterr().out
     code, err = run(synthesize.main, ["--output", str(tmp_path / "s")], capsys)
     assert code == 2 and "exists and is not empty" in err

@@ -11,7 +11,9 @@ CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "jobs", "configs")
 
 def test_defaults_are_the_documented_ones():
     cfg = config_from_dict({})
-    assert cfg.data.size == 1024 and cfg.data.format == "folder"
+    assert cfg.data.size == 1024 and cfg.data.format is None
+    (only,) = cfg.data.resolved_sources()
+    assert only.format == "folder" and only.source_name == "folder" and only.augment.copies == 0
     assert cfg.data.crop.enabled and cfg.data.clahe_clip_limit == 2.0
     assert cfg.ray.address is None
 
@@ -64,6 +66,23 @@ def test_load_yaml_and_errors(tmp_path):
         load_config(str(listy))
 
 
+def test_sources_and_shorthand_are_exclusive():
+    with pytest.raises(ConfigError, match="give either data.sources or data.format/data.input"):
+        config_from_dict({"data": {"input": "a", "sources": [{"format": "folder",
+                                                               "input": "b"}]}})
+    shared = config_from_dict({"data": {"sources": [{"format": "inbreast"}]}}).data
+    assert shared.with_source_inputs({"inbreast": "/d"}).sources[0].input == "/d"
+    with pytest.raises(ConfigError, match="--source-input cbis: no such source; the config's "
+                                          "sources are inbreast"):
+        shared.with_source_inputs({"cbis": "/d"})
+    with pytest.raises(ConfigError, match="source names must differ"):
+        config_from_dict({"data": {"sources": [{"format": "folder", "input": "a"},
+                                               {"format": "folder", "input": "b"}]}})
+    two = config_from_dict({"data": {"sources": [
+        {"format": "folder", "input": "a"}, {"format": "folder", "input": "b", "name": "x"}]}})
+    assert [s.source_name for s in two.data.resolved_sources()] == ["folder", "x"]
+
+
 @pytest.mark.parametrize("name", ["laptop.yaml", "thesis.yaml"])
 def test_shipped_configs_load(name):
     cfg = load_config(os.path.join(CONFIGS, name))
@@ -73,16 +92,25 @@ def test_shipped_configs_load(name):
 def test_thesis_data_setup():
     data = load_config(os.path.join(CONFIGS, "thesis.yaml")).data
     assert data.size == 1024 and not data.pad_to_square and data.crop.enabled
+    assert data.crop.threshold_fraction == 1.0 and data.crop.opening_fraction == 0.0
     assert data.clahe_clip_limit > 0 and data.val_fraction == 0.1
+    inbreast, cbis = data.resolved_sources()
+    assert (inbreast.format, cbis.format) == ("inbreast", "cbis-ddsm")
+    assert inbreast.augment.target_total == 2060 and cbis.augment.target_total == 0
+    aug = inbreast.augment
+    assert aug.elastic_p > 0 and aug.brightness_p > 0 and aug.rotate_p > 0
 
 
 def test_readme_documents_every_data_key():
     import dataclasses
 
-    from mammoray.config import CropConfig
+    from mammoray.config import AugmentConfig, CropConfig, SourceConfig
 
     readme = open(os.path.join(CONFIGS, "..", "..", "README.md"), encoding="utf-8").read()
     keys = [f.name for f in dataclasses.fields(DataConfig) if f.name != "crop"]
     keys += [f"crop.{f.name}" for f in dataclasses.fields(CropConfig)]
+    keys += [f"sources[].{f.name}" for f in dataclasses.fields(SourceConfig)
+             if f.name != "augment"]
+    keys += [f"augment.{f.name}" for f in dataclasses.fields(AugmentConfig)]
     missing = [k for k in keys if f"`{k}`" not in readme]
     assert not missing, f"README lacks config keys: {missing}"

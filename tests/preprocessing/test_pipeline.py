@@ -59,7 +59,7 @@ def test_counts_and_reasons(raw, result):
     out, summary, rows, logs = result
     n_images, n_defects = len(truth["images"]), len(truth["defects"])
     assert summary["counts"] == {"input": n_images + n_defects, "written": n_images,
-                                 "rejected": n_defects}
+                                 "rejected": n_defects, "augmented_rows": 0}
     assert len(rows) == n_images
     rejected = pq.read_table(out / "rejected.parquet").to_pylist()
     by_path = {r["relpath"]: r["reason"] for r in rejected}

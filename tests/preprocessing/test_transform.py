@@ -1,6 +1,9 @@
 """process_record / process_batch on real files, without Ray: rows, rejections, masks."""
 
+import json
+
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from mammoray.config import DataConfig
@@ -18,11 +21,11 @@ def tree(tmp_path_factory):
 
 def record(root, relpath, mask=True):
     path = str(root / relpath)
-    mask_path = path[:-4] + "_mask.png"
+    spec = json.dumps({"kind": "png", "path": path[:-4] + "_mask.png"})
     return {"image_id": "img", "patient_key": "pk", "source": "folder", "split": "train",
-            "relpath": relpath, "dicom_path": path,
-            "mask_path": mask_path if mask else "", "pathology": None, "assessment": None,
-            "abnormality_count": None}
+            "relpath": relpath, "dicom_path": path, "mask": spec if mask else "",
+            "reject": "", "laterality_hint": "", "view_hint": "", "pathology": None,
+            "assessment": None, "abnormality_count": None}
 
 
 def test_good_row(tree):
@@ -51,15 +54,21 @@ def test_image_without_mask_file(tree):
 
 def test_defects_become_rejected_rows(tree):
     root, truth = tree
-    batch = {k: np.array([record(root, d["relpath"])[k] for d in truth["defects"]],
-                         dtype=object) for k in record(root, "x.dcm")}
-    out = process_batch(batch, DataConfig(size=32))
+    batch = pa.Table.from_pylist([record(root, d["relpath"]) for d in truth["defects"]])
+    out = process_batch(batch, DataConfig(size=32)).to_pydict()
     assert list(out) == list(COLUMNS)
     for defect, status, reason, relpath, image in zip(truth["defects"], out["status"],
                                                       out["reason"], out["relpath"],
                                                       out["image"]):
         assert status == "rejected" and relpath == defect["relpath"] and image == b""
         assert defect["expect"] in reason
+
+
+def test_adapter_rejection_passes_through(tree):
+    root, truth = tree
+    rec = dict(record(root, truth["images"][0]["relpath"]), reject="full image of X not found")
+    row = process_record(rec, DataConfig(size=32))
+    assert row["status"] == "rejected" and row["reason"] == "full image of X not found"
 
 
 def test_missing_file_is_rejected_not_raised(tree):
