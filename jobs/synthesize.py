@@ -17,8 +17,8 @@ import time
 from jobs._cli import run
 from mammoray import dicom_write
 from mammoray.config import ConfigError
-from mammoray.synthetic import FolderOptions, write_folder_dataset
-from mammoray.synthetic_layouts import LayoutOptions, write_cbis_ddsm, write_inbreast
+from mammoray.synthetic import FolderOptions, SynthOptions, write_folder_dataset
+from mammoray.synthetic_layouts import write_cbis_ddsm, write_inbreast
 
 FORMATS = ("folder", "cbis-ddsm", "inbreast")
 
@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def options_from_args(args: argparse.Namespace) -> FolderOptions | LayoutOptions:
+def options_from_args(args: argparse.Namespace) -> FolderOptions | SynthOptions:
     if args.format not in FORMATS:
         raise ConfigError(f"--format {args.format}: choose one of {', '.join(FORMATS)}")
     if not 1 <= args.patients <= 100000:
@@ -60,7 +60,7 @@ def options_from_args(args: argparse.Namespace) -> FolderOptions | LayoutOptions
     if os.path.isdir(args.output) and os.listdir(args.output):
         raise ConfigError(f"--output {args.output}: exists and is not empty")
     if args.format != "folder":
-        return LayoutOptions(output=os.path.abspath(args.output), patients=args.patients,
+        return SynthOptions(output=os.path.abspath(args.output), patients=args.patients,
                              seed=args.seed, height=args.height, width=args.width,
                              transfer_syntax=args.transfer_syntax)
     return FolderOptions(output=os.path.abspath(args.output), patients=args.patients,

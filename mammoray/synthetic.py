@@ -275,16 +275,23 @@ VIEWS = (("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO"))
 
 
 @dataclass(frozen=True)
-class FolderOptions:
-    """What ``jobs.synthesize --format folder`` writes."""
+class SynthOptions:
+    """What every layout of ``jobs.synthesize`` takes (CBIS-DDSM and INbreast need no more)."""
 
     output: str
     patients: int = 4
     seed: int = 0
     height: int = 512
     width: int = 416
+    transfer_syntax: str = "mixed"  # or one name of dicom_write.TRANSFER_SYNTAXES
+
+
+@dataclass(frozen=True)
+class FolderOptions(SynthOptions):
+    """What ``jobs.synthesize --format folder`` writes."""
+
+    transfer_syntax: str = "explicit-le"
     film: bool = False
-    transfer_syntax: str = "explicit-le"  # or "mixed"
     monochrome1_fraction: float = 0.15
     defects: bool = False
     workers: int = 1

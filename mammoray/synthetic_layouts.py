@@ -29,7 +29,7 @@ import csv
 import json
 import os
 import plistlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import cv2
@@ -37,7 +37,8 @@ import numpy as np
 from pydicom import uid
 
 from mammoray import dicom_write
-from mammoray.synthetic import VIEWS, SyntheticImage, _write_png, fake_patient, synthesize_image
+from mammoray.synthetic import (VIEWS, SynthOptions, SyntheticImage, _write_png, fake_patient,
+                                synthesize_image)
 
 CBIS_COLUMNS_MASS = [
     "patient_id", "breast_density", "left or right breast", "image view", "abnormality id",
@@ -58,16 +59,6 @@ INBREAST_XLS_COLUMNS = ["Patient ID", "Patient age", "Laterality", "View", "Acqu
                         "File Name", "ACR", "Bi-Rads"]
 
 
-@dataclass(frozen=True)
-class LayoutOptions:
-    output: str
-    patients: int = 4
-    seed: int = 0
-    height: int = 512
-    width: int = 416
-    transfer_syntax: str = "mixed"
-
-
 def _uid(*parts: object) -> str:
     return uid.generate_uid(entropy_srcs=[str(p) for p in parts])
 
@@ -79,7 +70,7 @@ def _truth_png(root: str, relpath: str, mask: np.ndarray) -> str:
     return os.path.relpath(path, root)
 
 
-def _syntax(rng: np.random.Generator, opts: LayoutOptions) -> str:
+def _syntax(rng: np.random.Generator, opts: SynthOptions) -> str:
     if opts.transfer_syntax != "mixed":
         return opts.transfer_syntax
     return str(rng.choice(["explicit-le", "rle", "jpeg-ls", "jpeg2000-lossless",
@@ -88,7 +79,7 @@ def _syntax(rng: np.random.Generator, opts: LayoutOptions) -> str:
 
 # ------------------------------------------------------------------------------ CBIS-DDSM
 
-def _cbis_image(rng: np.random.Generator, opts: LayoutOptions, lat: str, view: str,
+def _cbis_image(rng: np.random.Generator, opts: SynthOptions, lat: str, view: str,
                 n_masses: int) -> SyntheticImage:
     while True:  # every CBIS-DDSM mass image has at least one mass
         img = synthesize_image(rng, opts.height, opts.width, lat, view, film=True,
@@ -115,7 +106,7 @@ def _lesion_crop(stored: np.ndarray, component: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(stored[y0:y1, x0:x1])
 
 
-def write_cbis_ddsm(opts: LayoutOptions) -> dict[str, Any]:
+def write_cbis_ddsm(opts: SynthOptions) -> dict[str, Any]:
     """Write a CBIS-DDSM-like tree (mass and calc tables, full images, ROI series)."""
     root = opts.output
     os.makedirs(root, exist_ok=True)
@@ -243,7 +234,7 @@ def _roi(name: str, points: list[str], index: int) -> dict[str, Any]:
             "Point_px": points, "Total": 0.0, "Type": 15 if len(points) > 2 else 19}
 
 
-def write_inbreast(opts: LayoutOptions) -> dict[str, Any]:
+def write_inbreast(opts: SynthOptions) -> dict[str, Any]:
     """Write an INbreast-like tree (AllDICOMs, AllXML, INbreast.xls/.csv)."""
     import xlwt  # the real INbreast.xls is an Excel 97 workbook
 

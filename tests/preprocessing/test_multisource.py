@@ -13,7 +13,8 @@ import pytest
 
 from mammoray.config import config_from_dict
 from mammoray.deid import Salt, salted_key
-from mammoray.synthetic_layouts import LayoutOptions, write_cbis_ddsm, write_inbreast
+from mammoray.synthetic import SynthOptions
+from mammoray.synthetic_layouts import write_cbis_ddsm, write_inbreast
 from preprocessing.pipeline import run_preprocess
 from preprocessing.transform import image_from_row
 from tests.conftest import TEST_SALT
@@ -24,9 +25,9 @@ SIZE = 96
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, local_ray):
     base = tmp_path_factory.mktemp("multi")
-    inb = write_inbreast(LayoutOptions(output=str(base / "inb"), patients=4, seed=2,
+    inb = write_inbreast(SynthOptions(output=str(base / "inb"), patients=4, seed=2,
                                        height=240, width=192))
-    cbis = write_cbis_ddsm(LayoutOptions(output=str(base / "cbis"), patients=4, seed=2,
+    cbis = write_cbis_ddsm(SynthOptions(output=str(base / "cbis"), patients=4, seed=2,
                                          height=240, width=192))
     mp = pytest.MonkeyPatch()
     mp.setenv("MAMMORAY_PATIENT_SALT", TEST_SALT)

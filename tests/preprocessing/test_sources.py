@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from mammoray.config import DataConfig, SourceConfig
-from mammoray.synthetic_layouts import LayoutOptions, write_cbis_ddsm, write_inbreast
+from mammoray.synthetic import SynthOptions
+from mammoray.synthetic_layouts import write_cbis_ddsm, write_inbreast
 from preprocessing.masks import MASK_READERS, fill_polygons, inbreast_polygons
 from preprocessing.sources import SourceError, scan_cbis_ddsm, scan_inbreast
 from preprocessing.transform import image_from_row, process_record
@@ -30,6 +31,13 @@ def mask_of(image):
     return MASK_READERS[image.mask["kind"]](image.mask, (shape.Rows, shape.Columns))
 
 
+def matched(images, truth):
+    """(truth entry, adapter image) pairs; the adapter found exactly the truth's images."""
+    by_path = {img.relpath: img for img in images}
+    assert set(by_path) == {e["relpath"] for e in truth["images"]}
+    return [(entry, by_path[entry["relpath"]]) for entry in truth["images"]]
+
+
 def record(image):
     return {"image_id": image.relpath, "patient_key": "k", "source": image.source,
             "split": "train", "relpath": image.relpath, "dicom_path": image.dicom_path,
@@ -40,17 +48,14 @@ def record(image):
 @pytest.fixture(scope="module")
 def cbis(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("cbis"))
-    truth = write_cbis_ddsm(LayoutOptions(output=root, patients=4, seed=3, height=240,
+    truth = write_cbis_ddsm(SynthOptions(output=root, patients=4, seed=3, height=240,
                                           width=192))
     return root, truth, scan_cbis_ddsm(root, "cbis-ddsm")
 
 
 def test_cbis_images_patients_and_official_split(cbis):
     root, truth, images = cbis
-    by_path = {img.relpath: img for img in images}
-    assert set(by_path) == {e["relpath"] for e in truth["images"]}
-    for entry in truth["images"]:
-        img = by_path[entry["relpath"]]
+    for entry, img in matched(images, truth):
         assert img.patient == entry["patient"] and img.official_split == entry["official_split"]
         assert img.laterality == entry["laterality"] and img.view == entry["view"]
         assert img.reject is None
@@ -110,7 +115,7 @@ def test_cbis_missing_files_and_tables(cbis, tmp_path):
 @pytest.fixture(scope="module")
 def inbreast(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("inbreast"))
-    truth = write_inbreast(LayoutOptions(output=root, patients=3, seed=5, height=240,
+    truth = write_inbreast(SynthOptions(output=root, patients=3, seed=5, height=240,
                                          width=192))
     options = SourceConfig(format="inbreast", input=root)
     return root, truth, scan_inbreast(root, "inbreast", options)
@@ -118,10 +123,7 @@ def inbreast(tmp_path_factory):
 
 def test_inbreast_patients_views_and_table(inbreast):
     root, truth, images = inbreast
-    by_path = {img.relpath: img for img in images}
-    assert set(by_path) == {e["relpath"] for e in truth["images"]}
-    for entry in truth["images"]:
-        img = by_path[entry["relpath"]]
+    for entry, img in matched(images, truth):
         assert img.patient == entry["patient"]
         assert (img.laterality, img.view) == (entry["laterality"], entry["view"])
         assert img.extra["assessment"] == entry["assessment"]  # from INbreast.xls
