@@ -268,6 +268,63 @@ class DataConfig:
                               f"to {limit} at this size")
 
 
+LOSS_NAMES = ("iou", "dice", "bce", "bce_dice")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The U-Net (``mammoray.model.build_unet``); the input size comes from the dataset."""
+
+    levels: int = option(5, "U-Net levels (the seed study: 7; the original U-Net: 5)", min=2,
+                         max=10)
+    base_filters: int = option(64, "filters of the first level, doubling per level", min=1,
+                               max=1024)
+    dropout: list[float] = option([0.0], "dropout rate per level: one value for all levels, "
+                                  "or one value per level", min=0.0, max=0.9)
+    batch_norm: bool = option(False, "batch normalisation after each convolution")
+
+    def check(self, prefix: str) -> None:
+        if len(self.dropout) not in (1, self.levels):
+            raise ConfigError(f"{prefix}.dropout: give one value for all levels or one per "
+                              f"level ({self.levels}), got {len(self.dropout)} values")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training (``python -m jobs.train``): Ray Train TensorflowTrainer, MultiWorker-
+    MirroredStrategy, a custom training loop (see ``mammoray.train``)."""
+
+    data: str | None = option(None, "preprocessed dataset folder (jobs.preprocess output)")
+    output: str | None = option(None, "training output folder (best/, history.csv, "
+                                "curves.png)")
+    epochs: int = option(10, "epochs", min=1, max=100000)
+    batch_size: int = option(4, "images per worker per step; the global batch is "
+                             "batch_size x num_workers", min=1, max=4096)
+    learning_rate: float = option(1e-4, "Adam learning rate", min=1e-8, max=1.0)
+    loss: str = option("iou", "loss: iou (1 - soft IoU, the study's), dice, bce, bce_dice",
+                       choices=LOSS_NAMES)
+    num_workers: int = option(1, "Ray Train workers (one model replica each)", min=1,
+                              max=1024)
+    use_gpu: bool = option(False, "one GPU per worker")
+    cpus_per_worker: float = option(1.0, "CPUs per worker (TensorFlow's thread pools are "
+                                    "sized to this)", min=0.1, max=256.0)
+    mixed_precision: str = option("auto", "mixed float16: auto (on with GPUs), on, off",
+                                  choices=("auto", "on", "off"))
+    max_failures: int = option(1, "worker-group restarts from the latest checkpoint after a "
+                               "failure", min=0, max=100)
+    checkpoints_to_keep: int = option(2, "checkpoints kept, best by validation IoU (the "
+                                      "latest is kept too, for resuming)", min=1, max=1000)
+    run_name: str | None = option(None, "Ray Train run name; a run with the same name and "
+                                  "storage resumes from its latest checkpoint (default: "
+                                  "derived from the output folder)")
+    storage_path: str | None = option(None, "where Ray Train keeps checkpoints (local path or "
+                                      "s3://...; several nodes need shared storage); default "
+                                      "<output>/ray_results")
+    seed: int = option(0, "seed of weight initialisation and shuffling", min=0)
+    crash_once_at_epoch: int = option(-1, "testing only: worker 1 (or 0 with one worker) "
+                                      "crashes once at the start of this epoch", min=-1)
+
+
 @dataclass(frozen=True)
 class RayConfig:
     """Where jobs run: a cluster's Ray, or a local Ray the job starts itself."""
@@ -283,6 +340,8 @@ class ExperimentConfig:
     """All sections of one config file."""
 
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -26,7 +26,12 @@ def test_overrides_win_and_none_is_skipped():
 
 @pytest.mark.parametrize("tree,message", [
     ({"data": {"sise": 5}}, "data.sise: unknown key; allowed keys in 'data' are "),
-    ({"dta": {}}, "dta: unknown key; allowed keys at the top level are data, ray"),
+    ({"dta": {}}, "dta: unknown key; allowed keys at the top level are data, model, ray, train"),
+    ({"model": {"levels": 7, "dropout": [0.1, 0.2]}},
+     "model.dropout: give one value for all levels or one per level (7), got 2 values"),
+    ({"model": {"dropout": [0.95]}}, "model.dropout[0]: 0.95 is out of range; allowed 0.0 to 0.9"),
+    ({"train": {"loss": "focal"}}, "train.loss: 'focal' is not allowed; choose one of"),
+    ({"train": {"learning_rate": 0}}, "train.learning_rate: 0.0 is out of range"),
     ({"data": {"size": 8}}, "data.size: 8 is out of range; allowed 16 to 8192"),
     ({"data": {"size": "big"}}, "data.size: expected an integer, got 'big'"),
     ({"data": {"size": 256.0}}, "data.size: expected an integer"),
