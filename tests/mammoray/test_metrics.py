@@ -73,5 +73,11 @@ def test_losses():
     assert float(LOSSES["bce"](t, stack(soft))) == pytest.approx(expected_bce, rel=1e-5)
     inter, total = float((T * soft).sum()), float(T.sum() + soft.sum())
     expected_dice = 1 - (2 * inter + 1) / (total + 1)
+    # Pooled over the batch: an empty image adds its stray probabilities to the sums and no
+    # "free" zero loss: T/P plus an empty image predicted empty gives the same loss as T/P.
+    assert float(LOSSES["iou"](stack(T, EMPTY), stack(P, EMPTY))) == pytest.approx(1 - 3 / 5)
+    stray = EMPTY.copy()
+    stray[0, 0] = 1.0
+    assert float(LOSSES["iou"](stack(T, EMPTY), stack(P, stray))) == pytest.approx(1 - 3 / 6)
     assert float(LOSSES["bce_dice"](t, stack(soft))) == pytest.approx(
         expected_bce + expected_dice, rel=1e-5)
