@@ -219,6 +219,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             out = strategy.run(train_step, args=(tf.constant(x), tf.constant(y)))
             train_total += strategy.experimental_local_results(out)[0].numpy()
             steps += 1
+        train_seconds = time.time() - t0
         # Loss: mean over this worker's steps; sums: this worker's images. Then all workers.
         train_vec = all_reduce(np.concatenate([[train_total[0], steps], train_total[1:]]))
         val_total = np.zeros(8)
@@ -230,6 +231,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                    "loss": float(train_vec[0] / max(1.0, train_vec[1])),
                    "val_loss": float(val_total[0] / max(1, val_sums.images)),
                    "train_images": train_sums.images, "val_images": val_sums.images,
+                   "train_seconds": round(train_seconds, 3),
                    "seconds": round(time.time() - t0, 2)}
         metrics.update({k: v for k, v in train_sums.result().items()})
         metrics.update({f"val_{k}": v for k, v in val_sums.result().items()})
@@ -282,7 +284,8 @@ def write_history(history: list[dict[str, Any]], output: str) -> None:
     import matplotlib.pyplot as plt
 
     columns = ["epoch", "loss", "val_loss", *METRIC_NAMES,
-               *(f"val_{m}" for m in METRIC_NAMES), "seconds"]
+               *(f"val_{m}" for m in METRIC_NAMES), "train_images", "train_seconds",
+               "seconds"]
     with open(os.path.join(output, "history.csv"), "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

@@ -61,7 +61,7 @@ def _parse(data: bytes) -> pydicom.Dataset:
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError:
-        pass
+        pass  # no 128-byte preamble + "DICM": tried as a raw data set below
     except Exception as exc:  # a truncated or corrupt header
         raise RejectedImage(f"unreadable DICOM header ({type(exc).__name__})") from None
     else:

@@ -128,6 +128,20 @@ def _reason(data):
     return str(info.value)
 
 
+def test_reads_a_file_without_preamble():
+    import io
+
+    ds = dicom_write.image_dataset(ramp(), bits_stored=12, attributes={"ImageLaterality": "L"})
+    buf = io.BytesIO()
+    ds.preamble = None
+    ds.save_as(buf, implicit_vr=False, little_endian=True, enforce_file_format=False)
+    data = buf.getvalue()
+    assert b"DICM" not in data[:200]
+    img = read_dicom(data)
+    assert_stretched(img.pixels, ramp())
+    assert img.laterality == "L"
+
+
 def test_rejects_non_dicom():
     assert _reason(b"hello world\n" * 100) == "not a DICOM file"
 
