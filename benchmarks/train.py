@@ -17,8 +17,10 @@ Prints a table and writes ``benchmarks/results/train.json``. Data is cached in
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -112,8 +114,6 @@ def bench_ray(data: str, out: str, epochs: int, workers: int, cfg_dict: dict) ->
     run_training(cfg, log=lambda _: None)
     total = time.perf_counter() - t0
     with open(os.path.join(out, "history.csv")) as fh:
-        import csv
-
         rows = list(csv.DictReader(fh))
     epoch_s = [float(r["seconds"]) for r in rows]
     train_s = [float(r["train_seconds"]) for r in rows]
@@ -128,8 +128,8 @@ def bench_input(data: str, size: int, batch: int) -> dict:
     """The input pipeline alone: Ray Data shard iteration + decoding, no model."""
     import ray
 
-    from mammoray.ray_env import init_ray
     from mammoray.config import RayConfig
+    from mammoray.ray_env import init_ray
     from mammoray.train import decode_batch, split_dataset
 
     init_ray(RayConfig(num_cpus=2))
@@ -172,8 +172,6 @@ def main(argv: list[str] | None = None) -> int:
         for workers in (1, 2):
             print(f"size {size}: Ray Train, {workers} worker(s) ...", flush=True)
             out = os.path.join(args.data, f"train_out_{size}_{workers}w")
-            import shutil
-
             shutil.rmtree(out, ignore_errors=True)
             runs[workers] = bench_ray(data, out, args.epochs, workers, cfg_dict)
         print(f"size {size}: input pipeline ...", flush=True)

@@ -96,12 +96,8 @@ def _configure_tensorflow(cpus: float) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
 
 
-def _sums_vector(sums: MetricSums) -> np.ndarray:
-    return np.array([sums.images, sums.accuracy_sum, sums.mass_images, sums.iou_sum,
-                     sums.dice_sum, sums.empty_images, sums.false_positive_images], np.float64)
-
-
 def _sums_from_vector(v: np.ndarray) -> MetricSums:
+    """MetricSums from the 7 sums the worker step returns (see ``sums_tf``), in that order."""
     return MetricSums(images=int(round(v[0])), accuracy_sum=float(v[1]),
                       mass_images=int(round(v[2])), iou_sum=float(v[3]), dice_sum=float(v[4]),
                       empty_images=int(round(v[5])), false_positive_images=int(round(v[6])))
