@@ -22,6 +22,15 @@ def ray_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"ray.address": args.address, "ray.num_cpus": args.num_cpus}
 
 
+def ray_config(args: argparse.Namespace):
+    """The ``ray`` section from the flags alone (jobs that take no config file)."""
+    from mammoray.config import config_from_dict
+
+    return config_from_dict({"ray": {k.split(".", 1)[1]: v
+                                     for k, v in ray_overrides(args).items()
+                                     if v is not None}}).ray
+
+
 def run(job: Callable[[], Any], *, expected: tuple[type[BaseException], ...] = ()) -> int:
     """Run ``job``; a bad config, path or input ends with one clear line and exit code 2."""
     try:

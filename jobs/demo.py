@@ -1,11 +1,15 @@
-"""The demo: synthesize -> preprocess -> train on a local Ray, on built-in synthetic data.
+"""The demo: synthesize -> preprocess -> train -> evaluate -> predict on a local Ray, on
+built-in synthetic data.
 
     python -m jobs.demo [--output DIR] [--patients N] [--size N] [--epochs N]
 
 Writes ``<output>/raw`` (synthetic scanned-film mammograms in mixed transfer syntaxes, plus
 unusable files), ``<output>/dataset`` (the Parquet dataset) and ``<output>/train`` (the
-U-Net of jobs/configs/laptop.yaml: best/ checkpoint, history.csv, curves.png), and prints
-where they are.
+U-Net of jobs/configs/laptop.yaml: best/ checkpoint, history.csv, curves.png),
+``<output>/evaluation`` (test split: report.html, metrics.json, per_image.csv, froc.png,
+overlays) and ``<output>/predictions`` (for new synthetic DICOMs in ``<output>/new_dicoms``:
+predicted masks on the original grid, overlays, DICOM SEG objects and JSON summaries), and
+prints where they are.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import os
 import shutil
 import sys
 
-from jobs import preprocess, synthesize, train
+from jobs import evaluate, predict, preprocess, synthesize, train
 
 LAPTOP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "laptop.yaml")
 
@@ -38,30 +42,45 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out)
     raw, dataset = os.path.join(out, "raw"), os.path.join(out, "dataset")
     trained = os.path.join(out, "train")
-    print("== 1/3 synthesize", flush=True)
+    ray_flags = ["--num-cpus", str(args.num_cpus)] if args.num_cpus else []
+    print("== 1/5 synthesize", flush=True)
     code = synthesize.main(["--output", raw, "--patients", str(args.patients), "--film",
                             "--transfer-syntax", "mixed", "--defects", "--seed", "7"])
     if code:
         return code
-    print("== 2/3 preprocess", flush=True)
-    flags = ["--input", raw, "--output", dataset, "--size", str(args.size)]
-    if args.num_cpus:
-        flags += ["--num-cpus", str(args.num_cpus)]
-    code = preprocess.main(flags)
+    print("== 2/5 preprocess", flush=True)
+    code = preprocess.main(["--input", raw, "--output", dataset, "--size", str(args.size),
+                            *ray_flags])
     if code:
         return code
-    print("== 3/3 train (jobs/configs/laptop.yaml)", flush=True)
-    flags = ["--config", LAPTOP, "--data", dataset, "--output", trained, "--epochs",
-             str(args.epochs)]
-    if args.num_cpus:
-        flags += ["--num-cpus", str(args.num_cpus)]
-    code = train.main(flags)
+    print("== 3/5 train (jobs/configs/laptop.yaml)", flush=True)
+    code = train.main(["--config", LAPTOP, "--data", dataset, "--output", trained, "--epochs",
+                       str(args.epochs), *ray_flags])
+    if code:
+        return code
+    best, evaluation = os.path.join(trained, "best"), os.path.join(out, "evaluation")
+    print("== 4/5 evaluate (test split, threshold chosen on validation)", flush=True)
+    code = evaluate.main(["--checkpoint", best, "--data", dataset, "--split", "test",
+                          "--threshold", "val", "--output", evaluation, *ray_flags])
+    if code:
+        return code
+    print("== 5/5 predict (new synthetic DICOMs, full size)", flush=True)
+    incoming, predictions = os.path.join(out, "new_dicoms"), os.path.join(out, "predictions")
+    code = synthesize.main(["--output", incoming, "--patients", "1", "--seed", "99",
+                            "--height", "2048", "--width", "1664"])
+    if code:
+        return code
+    code = predict.main(["--checkpoint", best, "--input", incoming, "--output", predictions,
+                         *ray_flags])
     if code:
         return code
     print(f"\ndemo done.\n  synthetic DICOMs: {raw}\n  Parquet dataset:  {dataset}/data\n"
           f"  rejected files:   {dataset}/rejected.parquet\n  dataset summary:  "
           f"{dataset}/dataset.json\n  trained model:    {trained}/best (model.keras)\n"
-          f"  training curves:  {trained}/curves.png, {trained}/history.csv")
+          f"  training curves:  {trained}/curves.png, {trained}/history.csv\n"
+          f"  evaluation:       {evaluation}/report.html (metrics.json, per_image.csv, "
+          f"froc.png, overlays/)\n  predictions:      {predictions}/patient_0000/ (*_mask.png, "
+          f"*_prob.png, *_overlay.png, *_seg.dcm, *.json) for {incoming}")
     return 0
 
 

@@ -301,6 +301,11 @@ class TrainConfig:
     batch_size: int = option(4, "images per worker per step; the global batch is "
                              "batch_size x num_workers", min=1, max=4096)
     learning_rate: float = option(1e-4, "Adam learning rate", min=1e-8, max=1.0)
+    lr_schedule: str = option("constant", "learning rate by epoch: constant, or cosine (from "
+                              "learning_rate down to learning_rate x min_lr_fraction at the "
+                              "last epoch)", choices=("constant", "cosine"))
+    min_lr_fraction: float = option(0.05, "cosine schedule: final learning rate as a fraction "
+                                    "of learning_rate", min=0.0, max=1.0)
     loss: str = option("iou", "loss: iou (1 - soft IoU, the study's), dice, bce, bce_dice",
                        choices=LOSS_NAMES)
     num_workers: int = option(1, "Ray Train workers (one model replica each)", min=1,
@@ -308,8 +313,9 @@ class TrainConfig:
     use_gpu: bool = option(False, "one GPU per worker")
     cpus_per_worker: float = option(1.0, "CPUs per worker (TensorFlow's thread pools are "
                                     "sized to this)", min=0.1, max=256.0)
-    mixed_precision: str = option("auto", "mixed float16: auto (on with GPUs), on, off",
-                                  choices=("auto", "on", "off"))
+    mixed_precision: str = option("auto", "mixed precision: auto (float16 with GPUs), on "
+                                  "(float16), bf16 (bfloat16, for CPUs with AVX-512 BF16 or "
+                                  "AMX), off", choices=("auto", "on", "bf16", "off"))
     max_failures: int = option(1, "worker-group restarts from the latest checkpoint after a "
                                "failure", min=0, max=100)
     checkpoints_to_keep: int = option(2, "checkpoints kept, best by validation IoU (the "

@@ -67,6 +67,20 @@ def list_files(root: str) -> list[str]:
 
 
 def write_bytes(path: str, data: bytes) -> None:
+    """Write a whole file. Locally the parent folders are created and the file appears
+    complete or not at all (written aside, then renamed); object stores put atomically."""
+    if not is_uri(path):
+        path = os.path.abspath(os.path.expanduser(path))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.partial-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return
     fs, inner = resolve(path)
     with fs.open_output_stream(inner) as fh:
         fh.write(data)

@@ -25,6 +25,7 @@ latest checkpoint; ``FailureConfig(max_failures)`` restarts a failed worker grou
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -38,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from mammoray import storage
-from mammoray.config import ConfigError, ExperimentConfig, config_from_dict
+from mammoray.config import ConfigError, DataConfig, ExperimentConfig, config_from_dict
 from mammoray.metrics import METRIC_NAMES, MetricSums
 
 UINT16_MAX = 65535.0
@@ -117,6 +118,37 @@ def _load_state(model, optimizer, path: str) -> None:
             var.assign(state[f"o{i}"])
 
 
+def precision_policy(tcfg) -> str:
+    """The Keras dtype policy of ``train.mixed_precision``: float16 on GPUs (``auto`` with
+    ``use_gpu``, or ``on``), bfloat16 with ``bf16`` (CPUs with AVX-512 BF16 / AMX: 1.36x the
+    float32 step rate here), else float32. Variables stay float32 in both mixed policies."""
+    if tcfg.mixed_precision == "on" or (tcfg.mixed_precision == "auto" and tcfg.use_gpu):
+        return "mixed_float16"
+    if tcfg.mixed_precision == "bf16":
+        return "mixed_bfloat16"
+    return "float32"
+
+
+def write_checkpoint(folder: str, model, config: dict[str, Any], size: int,
+                     preprocessing: dict[str, Any] | None) -> None:
+    """What jobs.evaluate and jobs.predict need: the Keras model file, the resolved config,
+    the input size and the dataset's preprocessing parameters."""
+    model.save(os.path.join(folder, MODEL_FILE))
+    with open(os.path.join(folder, CONFIG_FILE), "w") as fh:
+        json.dump({"config": config, "size": size, "preprocessing": preprocessing}, fh,
+                  indent=1)
+
+
+def learning_rate_at(tcfg, epoch: int) -> float:
+    """The learning rate of ``epoch`` (0-based) under ``train.lr_schedule``. Set at the start
+    of each epoch, so a resumed run continues the same schedule."""
+    if tcfg.lr_schedule == "constant" or tcfg.epochs == 1:
+        return tcfg.learning_rate
+    low = tcfg.learning_rate * tcfg.min_lr_fraction
+    progress = min(1.0, epoch / (tcfg.epochs - 1))
+    return low + 0.5 * (tcfg.learning_rate - low) * (1.0 + math.cos(math.pi * progress))
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The per-worker loop (runs in each Ray Train worker)."""
     import ray.train
@@ -134,9 +166,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    mixed = tcfg.mixed_precision == "on" or (tcfg.mixed_precision == "auto" and tcfg.use_gpu)
-    if mixed:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    policy = precision_policy(tcfg)
+    keras.mixed_precision.set_global_policy(policy)
+    mixed = policy == "mixed_float16"  # float16 needs loss scaling; bfloat16 does not
     keras.utils.set_random_seed(tcfg.seed)
     with strategy.scope():
         model = build_unet(cfg.model, size)
@@ -200,6 +232,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val")
     for epoch in range(start_epoch, tcfg.epochs):
+        getattr(optimizer, "inner_optimizer", optimizer).learning_rate.assign(
+            learning_rate_at(tcfg, epoch))
         if epoch == tcfg.crash_once_at_epoch and rank == min(1, world - 1):
             marker = config["crash_marker"]
             if not os.path.exists(marker):
@@ -228,6 +262,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                    "val_loss": float(val_total[0] / max(1, val_sums.images)),
                    "train_images": train_sums.images, "val_images": val_sums.images,
                    "train_seconds": round(train_seconds, 3),
+                   "learning_rate": learning_rate_at(tcfg, epoch),
                    "seconds": round(time.time() - t0, 2)}
         metrics.update({k: v for k, v in train_sums.result().items()})
         metrics.update({f"val_{k}": v for k, v in val_sums.result().items()})
@@ -237,12 +272,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         history.append(metrics)
         if rank == 0:
             with tempfile.TemporaryDirectory() as d:
-                model.save(os.path.join(d, MODEL_FILE))
+                write_checkpoint(d, model, config["config"], size, config.get("preprocessing"))
                 _save_state(model, optimizer, os.path.join(d, "state.npz"))
                 with open(os.path.join(d, "history.json"), "w") as fh:
                     json.dump(history, fh)
-                with open(os.path.join(d, CONFIG_FILE), "w") as fh:
-                    json.dump({"config": config["config"], "size": size}, fh, indent=1)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
@@ -280,8 +313,8 @@ def write_history(history: list[dict[str, Any]], output: str) -> None:
     import matplotlib.pyplot as plt
 
     columns = ["epoch", "loss", "val_loss", *METRIC_NAMES,
-               *(f"val_{m}" for m in METRIC_NAMES), "train_images", "train_seconds",
-               "seconds"]
+               *(f"val_{m}" for m in METRIC_NAMES), "learning_rate", "train_images",
+               "train_seconds", "seconds"]
     with open(os.path.join(output, "history.csv"), "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -345,6 +378,7 @@ def run_training(cfg: ExperimentConfig, *, log: Callable[[str], None] = print) -
         if not storage.is_uri(storage_path):
             os.makedirs(storage_path, exist_ok=True)
         loop_config = {"config": cfg.to_dict(), "size": size,
+                       "preprocessing": info.get("parameters"),
                        "crash_marker": os.path.join(storage_path, f"{name}.crashed-once")}
         resources = {"CPU": tcfg.cpus_per_worker}
         if tcfg.use_gpu:
@@ -384,6 +418,16 @@ def run_training(cfg: ExperimentConfig, *, log: Callable[[str], None] = print) -
     log(f"train: best epoch {summary['best_epoch']} of {len(history)}: validation IoU "
         f"{best[1]['val_iou']:.3f}, Dice {best[1]['val_dice']:.3f} -> {output}/best")
     return summary
+
+
+def checkpoint_data_config(path: str) -> DataConfig:
+    """The preprocessing settings of the dataset a checkpoint was trained on (dataset.json's
+    parameters, saved with the checkpoint): what jobs.predict applies to new DICOMs."""
+    with open(os.path.join(path, CONFIG_FILE)) as fh:
+        meta = json.load(fh)
+    params = meta.get("preprocessing") or meta["config"]["data"]
+    known = {f.name for f in dataclasses.fields(DataConfig)}
+    return config_from_dict({"data": {k: v for k, v in params.items() if k in known}}).data
 
 
 def load_checkpoint_model(path: str):

@@ -9,7 +9,8 @@ resolve (a CSV row whose files are missing, a file name outside the dataset's co
 
 Formats:
 - ``folder``: every ``*.dcm`` below the root; optional ``<stem>_mask.png`` beside it
-  (0 = background, non-zero = mass); the patient is the DICOM PatientID.
+  (0 = background, non-zero = mass); the patient is the DICOM PatientID. A ``<stem>_seg.dcm``
+  beside ``<stem>.dcm`` (a jobs.predict DICOM SEG) is skipped.
 - ``cbis-ddsm``: the TCIA download tree plus ``mass_case_description_{train,test}_set.csv``
   (and the calc tables, read for patient grouping). CSV rows are linked to files by the CSV's
   subject folder (``Mass-Training_P_00001_LEFT_CC``), accepting the CSV's own
@@ -79,7 +80,10 @@ def scan_folder(root: str, source: str, options: Any = None) -> list[SourceImage
     """Folder-format images below ``root``, sorted by relative path."""
     files = storage.list_files(root)
     present = set(files)
-    dicoms = [f for f in files if f.lower().endswith(".dcm")]
+    # ``<stem>_seg.dcm`` beside ``<stem>.dcm`` is jobs.predict's DICOM SEG, not a mammogram.
+    dicoms = [f for f in files if f.lower().endswith(".dcm")
+              and not (f.lower().endswith("_seg.dcm") and f[: -len("_seg.dcm")] + ".dcm"
+                       in present)]
     with ThreadPoolExecutor(max_workers=8) as pool:
         patients = list(pool.map(_header_patient_id, dicoms))
     images = []

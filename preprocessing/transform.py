@@ -1,7 +1,7 @@
 """One image (DICOM bytes + optional mask) -> one Parquet row; pure functions, no Ray.
 
 :func:`preprocess_image` is the per-image pipeline: orient -> breast crop -> CLAHE -> resize,
-with the mask carried through exactly the same geometry (nearest neighbour, stays 0/1).
+with the mask carried through exactly the same geometry (coverage >= 0.5, stays 0/1).
 :func:`process_batch` is what Ray Data maps over manifest batches: it reads the files, calls
 :func:`preprocess_image`, and turns every failure into a row with ``status = "rejected"`` and
 its reason, so that one bad file never stops a dataset.
@@ -87,11 +87,11 @@ def preprocess_image(dicom: DicomImage, mask: np.ndarray | None, cfg: DataConfig
         crop = geometry.apply_clahe(crop, cfg.clahe_clip_limit, cfg.clahe_tile_grid)
     with timer("resize"):
         image = geometry.resize_square(crop, cfg.size, pad_to_square=cfg.pad_to_square,
-                                       nearest=False)
+                                       mask=False)
         out_mask = None
         if mask is not None:
             out_mask = geometry.resize_square(mask[y0:y1, x0:x1], cfg.size,
-                                              pad_to_square=cfg.pad_to_square, nearest=True)
+                                              pad_to_square=cfg.pad_to_square, mask=True)
     geom = geometry.Geometry(orig_height=h, orig_width=w, flipped=flipped,
                              crop=geometry.box_to_original(box, w, flipped), size=cfg.size,
                              pad_to_square=cfg.pad_to_square)

@@ -132,3 +132,29 @@ def test_cli_dry_run_and_errors(data, capsys):
     cfg.write_text("train:\n  epoch: 3\n")
     assert train.main(["--config", str(cfg)]) == 2
     assert "train.epoch: unknown key" in capsys.readouterr().err
+
+
+def test_learning_rate_schedules():
+    from mammoray.train import learning_rate_at
+
+    const = config_from_dict({"train": {"learning_rate": 0.01, "epochs": 5}}).train
+    assert [learning_rate_at(const, e) for e in range(5)] == [0.01] * 5
+    cos = config_from_dict({"train": {"learning_rate": 0.01, "epochs": 5,
+                                      "lr_schedule": "cosine", "min_lr_fraction": 0.1}}).train
+    rates = [learning_rate_at(cos, e) for e in range(5)]
+    assert rates[0] == pytest.approx(0.01) and rates[-1] == pytest.approx(0.001)
+    assert rates[2] == pytest.approx(0.0055)  # halfway: the mean of the two ends
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    with pytest.raises(ConfigError, match="train.lr_schedule: 'step' is not allowed; "
+                                          "choose one of 'constant', 'cosine'"):
+        config_from_dict({"train": {"lr_schedule": "step"}})
+
+
+@pytest.mark.parametrize("mode,gpu,policy", [
+    ("auto", False, "float32"), ("auto", True, "mixed_float16"), ("on", False, "mixed_float16"),
+    ("bf16", False, "mixed_bfloat16"), ("off", True, "float32")])
+def test_precision_policy(mode, gpu, policy):
+    from mammoray.train import precision_policy
+
+    tcfg = config_from_dict({"train": {"mixed_precision": mode, "use_gpu": gpu}}).train
+    assert precision_policy(tcfg) == policy

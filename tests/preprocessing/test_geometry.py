@@ -102,10 +102,11 @@ def test_mask_stays_aligned_through_flip_crop_clahe_resize():
     # around it, before and after CLAHE (it moves only intensities, never positions).
     breast_level = np.median(out.image[(out.mask == 0) & (out.image > 20000)])
     assert out.image[out.mask > 0].min() > breast_level
-    # Exactly the nearest-neighbour resize of the cropped, flipped mask.
+    # Exactly the coverage (area-averaged) resize of the cropped, flipped mask, >= 0.5.
     ox0, oy0, ox1, oy1 = g.crop  # original (written) coordinates
-    expected = cv2.resize(np.ascontiguousarray(mask[oy0:oy1, ox0:ox1][:, ::-1]), (128, 128),
-                          interpolation=cv2.INTER_NEAREST)
+    cover = cv2.resize(np.ascontiguousarray(mask[oy0:oy1, ox0:ox1][:, ::-1]).astype(np.float32),
+                       (128, 128), interpolation=cv2.INTER_AREA)
+    expected = (cover >= 0.5).astype(np.uint8)
     np.testing.assert_array_equal(out.mask, expected)
 
 
@@ -143,7 +144,7 @@ def test_to_original_round_trip_after_crop_and_resize(pad):
 def test_pad_to_square_keeps_aspect():
     crop = np.zeros((100, 50), np.uint16)
     crop[:, :] = 1000
-    out = geometry.resize_square(crop, 100, pad_to_square=True, nearest=True)
+    out = geometry.resize_square(crop, 100, pad_to_square=True, mask=False)
     assert out.shape == (100, 100)
     assert (out[:, :50] == 1000).all() and (out[:, 50:] == 0).all()
 
@@ -165,3 +166,25 @@ def test_geometry_is_frozen():
     g = geometry.Geometry(10, 10, False, (0, 0, 10, 10), 8, False)
     with pytest.raises(dataclasses.FrozenInstanceError):
         g.flipped = True
+
+
+@pytest.mark.parametrize("laterality", ["L", "R"])
+def test_synthetic_mask_round_trip_at_1024(laterality):
+    """The issue's round trip: a synthetic full-field mammogram's mask through preprocessing
+    (flip, breast crop, resize to 1024) and back with an identity "model" (the preprocessed
+    mask itself) matches the original mask."""
+    from mammoray.synthetic import synthesize_image
+
+    rng = np.random.default_rng(11)
+    img = synthesize_image(rng, 2600, 2000, laterality, "MLO", film=True, n_masses=2)
+    assert img.mask.sum() > 0
+    dicom = DicomImage(pixels=img.stored, laterality=laterality, view="MLO",
+                       orientation_row=None, pixel_spacing=None, patient_id=None,
+                       sop_instance_uid=None)
+    out = preprocess_image(dicom, img.mask, DataConfig(size=1024))
+    assert out.geometry.flipped == (laterality == "R")
+    x0, y0, x1, y1 = out.geometry.crop
+    assert (x1 - x0) < 2000 or (y1 - y0) < 2600  # the film border was cropped away
+    back = geometry.to_original(out.mask.astype(np.float32), out.geometry) >= 0.5
+    iou = np.logical_and(back, img.mask).sum() / np.logical_or(back, img.mask).sum()
+    assert iou >= 0.98

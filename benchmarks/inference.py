@@ -1,0 +1,151 @@
+"""Prediction time per full-field DICOM and batch-evaluation throughput (not a test).
+
+    .venv/bin/python benchmarks/inference.py [--images 8] [--eval-data DIR --checkpoint DIR]
+
+1. ``jobs.predict`` on full-field scanned-film DICOMs (4000 x 3000, 16-bit RLE, from
+   ``benchmarks/preprocess.py``'s data, generated if missing), with one actor on a local Ray of
+   1 CPU, for U-Nets built from configs (timing does not depend on the weights): the laptop
+   U-Net at 256 and at 1024 px input, and the seed study's 7-level / 64-filter U-Net at 1024.
+   Median seconds per image of each stage: read, decode, preprocess, model, back-mapping
+   (resize/crop/flip undone + threshold + lesion summary), writing (three PNGs, DICOM SEG,
+   JSON).
+2. ``jobs.evaluate`` throughput (Parquet rows -> Ray Data -> one model per actor -> per-image
+   figures at 23 thresholds) on a local Ray with 1 and then 2 CPUs (one actor per CPU), on the
+   training split of ``benchmarks/quality.py``'s dataset with its trained laptop checkpoint
+   (or --eval-data / --checkpoint).
+
+Prints tables and writes ``benchmarks/results/inference.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from mammoray.config import RayConfig, config_from_dict, load_config  # noqa: E402
+from mammoray.prediction import STAGES  # noqa: E402
+
+DATA = os.path.join(REPO, "benchmarks", "data")
+
+
+def full_field_inputs(n: int) -> str:
+    """n full-field film DICOMs (the first of the preprocessing benchmark's 48 patients)."""
+    from mammoray.synthetic import FolderOptions, write_folder_dataset
+
+    raw = os.path.join(DATA, "film_rle_4000x3000_48p")  # as benchmarks/preprocess.py writes
+    if not os.path.exists(os.path.join(raw, "truth.json")):
+        write_folder_dataset(FolderOptions(output=raw, patients=48, seed=1234, height=4000,
+                                           width=3000, film=True, transfer_syntax="rle",
+                                           monochrome1_fraction=0.0, workers=2))
+    folder = os.path.join(DATA, f"predict_inputs_{n}")
+    if not os.path.isdir(folder):
+        os.makedirs(folder)
+        picked = sorted(os.path.join(d, f) for d in os.listdir(raw) if d.startswith("patient_")
+                        for f in os.listdir(os.path.join(raw, d)) if f.endswith(".dcm"))[:n]
+        for rel in picked:
+            os.makedirs(os.path.join(folder, os.path.dirname(rel)), exist_ok=True)
+            shutil.copy(os.path.join(raw, rel), os.path.join(folder, rel))
+    return folder
+
+
+def make_checkpoint(folder: str, model_cfg: dict, size: int) -> str:
+    from mammoray.model import build_unet
+    from mammoray.train import write_checkpoint
+
+    cfg = config_from_dict({"model": model_cfg})
+    model = build_unet(cfg.model, size)
+    preprocessing = cfg.to_dict()["data"] | {"size": size}
+    os.makedirs(folder, exist_ok=True)
+    write_checkpoint(folder, model, cfg.to_dict(), size, preprocessing)
+    return folder
+
+
+def bench_predict(inputs: str, ckpt: str) -> dict:
+    from mammoray.prediction import PredictOptions, run_prediction
+
+    out = tempfile.mkdtemp(prefix="bench-predict-")
+    try:
+        summary = run_prediction(PredictOptions(checkpoint=ckpt, input=inputs, output=out),
+                                 RayConfig(num_cpus=1), log=lambda _: None)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return {"predicted": summary["predicted"], "wall_seconds": summary["wall_seconds"],
+            "median_seconds": summary["median_seconds_per_image"]}
+
+
+def bench_evaluate(data: str, ckpt: str, cpus: int) -> dict:
+    from mammoray.evaluate import EvaluateOptions, run_evaluation
+
+    out = tempfile.mkdtemp(prefix="bench-eval-")
+    try:
+        t0 = time.perf_counter()
+        result = run_evaluation(EvaluateOptions(checkpoint=ckpt, data=data, split="train",
+                                                output=os.path.join(out, "e"), bootstrap=200),
+                                RayConfig(num_cpus=cpus), log=lambda _: None)
+        total = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return result["throughput"] | {"job_seconds": total}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=8)
+    p.add_argument("--eval-data", default=os.path.join(DATA, "quality_80p_256"))
+    p.add_argument("--checkpoint", default=os.path.join(DATA, "quality_out", "best"))
+    p.add_argument("--skip-study-model", action="store_true")
+    p.add_argument("--json", default=os.path.join(REPO, "benchmarks", "results",
+                                                  "inference.json"))
+    args = p.parse_args(argv)
+    inputs = full_field_inputs(args.images)
+    laptop = load_config(os.path.join(REPO, "jobs", "configs", "laptop.yaml")).to_dict()["model"]
+    study = load_config(os.path.join(REPO, "jobs", "configs", "thesis.yaml")).to_dict()["model"]
+    models = [("laptop U-Net, 256 px", laptop, 256), ("laptop U-Net, 1024 px", laptop, 1024)]
+    if not args.skip_study_model:
+        models.append(("study U-Net (7 levels, 64 filters), 1024 px", study, 1024))
+    results: dict = {"predict": {}, "evaluate": {}}
+    with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as tmp:
+        for i, (name, cfg, size) in enumerate(models):
+            print(f"predict: {name} ...", flush=True)
+            ckpt = make_checkpoint(os.path.join(tmp, str(i)), cfg, size)
+            results["predict"][name] = bench_predict(inputs, ckpt)
+    if os.path.isdir(args.checkpoint) and os.path.isdir(args.eval_data):
+        for cpus in (1, 2):
+            print(f"evaluate: {cpus} CPU(s) ...", flush=True)
+            results["evaluate"][str(cpus)] = bench_evaluate(args.eval_data, args.checkpoint, cpus)
+    else:
+        print(f"evaluate: skipped ({args.checkpoint} or {args.eval_data} missing: run "
+              "benchmarks/quality.py first)")
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as fh:
+        json.dump(results, fh, indent=2)
+    print(f"\nPrediction, median s per full-field DICOM (4000 x 3000 film, RLE), 1 CPU, "
+          f"{args.images} images")
+    print(f"{'model':46}" + "".join(f"{s:>11}" for s in (*STAGES, "total")))
+    for name, r in results["predict"].items():
+        m = r["median_seconds"]
+        print(f"{name:46}" + "".join(f"{m[s]:11.3f}" for s in STAGES)
+              + f"{sum(m.values()):11.3f}")
+    if results["evaluate"]:
+        print("\nBatch evaluation (laptop U-Net, 256 px, one actor per CPU)")
+        print(f"{'CPUs':>5} {'images':>7} {'scoring s':>10} {'images/s':>9} {'job s':>7}")
+        for cpus, r in results["evaluate"].items():
+            print(f"{cpus:>5} {r['images']:7d} {r['seconds']:10.1f} {r['images_per_s']:9.2f} "
+                  f"{r['job_seconds']:7.1f}")
+        one, two = results["evaluate"].get("1"), results["evaluate"].get("2")
+        if one and two:
+            print(f"2 CPUs / 1 CPU: {two['images_per_s'] / one['images_per_s']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

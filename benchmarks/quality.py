@@ -1,0 +1,168 @@
+"""Training quality within a time budget (not a test).
+
+    .venv/bin/python benchmarks/quality.py [--patients 80] [--budget-minutes 20] [--set k=v ...]
+
+Synthesizes ``4 x patients`` mammograms (800 x 640, folder format), preprocesses them with
+``jobs/configs/laptop.yaml``'s data section (256 px) and trains the laptop config with
+``jobs.train``'s ``run_training`` on a local Ray with 2 CPUs. Reports the best validation Dice
+(mean over validation images with a mass) reached within the budget, counted from the call to
+``run_training`` (start-up included) to the end of each epoch, and when the target was first
+reached. Then it predicts the validation split with the best checkpoint and breaks the Dice down
+by the generator's truth (mass contrast and radius), which shows which masses the model misses.
+
+Prints a table and writes ``benchmarks/results/quality.json``; data is cached in
+``benchmarks/data/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import os
+import shutil
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import yaml  # noqa: E402
+
+from mammoray.config import config_from_dict, load_config  # noqa: E402
+
+LAPTOP = os.path.join(REPO, "jobs", "configs", "laptop.yaml")
+# A fixed salt, so that the rows' image ids can be matched with the generator's truth.
+SALT_ENV = "MAMMORAY_PATIENT_SALT"
+BENCHMARK_SALT = "benchmark-salt-not-secret"
+
+
+def ensure_dataset(root: str, patients: int, data_cfg: dict) -> tuple[str, str]:
+    from mammoray.synthetic import FolderOptions, write_folder_dataset
+    from preprocessing.pipeline import run_preprocess
+
+    raw = os.path.join(root, f"quality_raw_{patients}p")
+    if not os.path.exists(os.path.join(raw, "truth.json")):
+        write_folder_dataset(FolderOptions(output=raw, patients=patients, seed=78, height=800,
+                                           width=640, workers=2))
+    out = os.path.join(root, f"quality_{patients}p_{data_cfg['size']}")
+    if not os.path.exists(os.path.join(out, "dataset.json")):
+        tree = {"data": dict(data_cfg, input=raw, output=out), "ray": {"num_cpus": 2}}
+        run_preprocess(config_from_dict(tree), log=lambda _: None)
+    return raw, out
+
+
+def breakdown(best: str, data: str, raw: str) -> dict:
+    """Per-image validation Dice of the best checkpoint, grouped by the truth's masses."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from mammoray.metrics import per_image_np
+    from mammoray.train import decode_batch, load_checkpoint_model
+
+    from mammoray.deid import load_salt, salted_key
+
+    model, _, size = load_checkpoint_model(best)
+    table = pq.read_table(glob.glob(os.path.join(data, "data", "*.parquet")),
+                          columns=["image", "mask", "split", "image_id", "source"]).to_pydict()
+    keep = [i for i, s in enumerate(table["split"]) if s == "val"]
+    batch = {k: np.array([table[k][i] for i in keep], dtype=object) for k in ("image", "mask")}
+    x, y = decode_batch(batch, size)
+    prob = model.predict(x, batch_size=4, verbose=0)
+    parts = per_image_np(y, prob)
+    salt = load_salt(SALT_ENV)
+    with open(os.path.join(raw, "truth.json")) as fh:
+        truth = {salted_key(salt, table["source"][keep[0]], "image", t["relpath"]): t
+                 for t in json.load(fh)["images"]}
+    groups: dict[str, list[float]] = {}
+    for j, i in enumerate(keep):
+        masses = truth[table["image_id"][i]]["masses"]
+        if parts["truth"][j] == 0 or not masses:
+            continue
+        dice = 2 * parts["inter"][j] / (parts["truth"][j] + parts["pred"][j])
+        contrast = max(m["contrast"] for m in masses)
+        radius = max(m["radius_mm"] for m in masses)
+        for key in (f"contrast {'< 0.10' if contrast < 0.10 else '0.10-0.17' if contrast < 0.17 else '>= 0.17'}",
+                    f"radius {'< 6 mm' if radius < 6 else '6-12 mm' if radius < 12 else '>= 12 mm'}"):
+            groups.setdefault(key, []).append(float(dice))
+    return {k: {"images": len(v), "mean_dice": float(np.mean(v))}
+            for k, v in sorted(groups.items())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--patients", type=int, default=80, help="4 images each")
+    p.add_argument("--budget-minutes", type=float, default=20.0)
+    p.add_argument("--target-dice", type=float, default=0.75)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a laptop.yaml key, e.g. train.epochs=40")
+    p.add_argument("--data", default=os.path.join(REPO, "benchmarks", "data"))
+    p.add_argument("--json", default=os.path.join(REPO, "benchmarks", "results",
+                                                  "quality.json"))
+    args = p.parse_args(argv)
+    os.environ[SALT_ENV] = BENCHMARK_SALT
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set {item}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    cfg = load_config(LAPTOP, overrides)
+    tree = cfg.to_dict()
+    raw, data = ensure_dataset(args.data, args.patients, tree["data"])
+    out = os.path.join(args.data, "quality_out")
+    shutil.rmtree(out, ignore_errors=True)
+    tree["train"].update({"data": data, "output": out, "max_failures": 0})
+    tree["ray"] = {"num_cpus": 2}
+    from mammoray.train import run_training
+
+    print(f"training {data} with laptop.yaml {overrides or ''} ...", flush=True)
+    t0 = time.perf_counter()
+    run_training(config_from_dict(tree), log=lambda m: print(m, flush=True))
+    total = time.perf_counter() - t0
+    with open(os.path.join(out, "history.csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    startup = total - sum(float(r["seconds"]) for r in rows)
+    elapsed, curve = startup, []
+    for r in rows:
+        elapsed += float(r["seconds"])
+        curve.append({"epoch": int(r["epoch"]), "minutes": elapsed / 60,
+                      "val_dice": float(r["val_dice"]), "val_iou": float(r["val_iou"]),
+                      "dice": float(r["dice"]), "val_fp_rate": float(r["val_fp_rate"])})
+    budget = [c for c in curve if c["minutes"] <= args.budget_minutes]
+    best_in_budget = max(budget, key=lambda c: c["val_dice"]) if budget else None
+    reached = next((c for c in curve if c["val_dice"] >= args.target_dice), None)
+    best_all = max(curve, key=lambda c: c["val_dice"])
+    with open(os.path.join(data, "dataset.json")) as fh:
+        splits = json.load(fh)["splits"]
+    result = {"config_overrides": overrides, "patients": args.patients, "splits": splits,
+              "startup_seconds": startup, "total_minutes": total / 60, "curve": curve,
+              "best_in_budget": best_in_budget, "best_overall": best_all,
+              "target_dice": args.target_dice, "budget_minutes": args.budget_minutes,
+              "target_reached_at": reached,
+              "breakdown": breakdown(os.path.join(out, "best"), data, raw)}
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as fh:
+        json.dump(result, fh, indent=2)
+    print(f"\nQuality: {args.patients * 4} synthetic images ({splits}), 256 px, 2 cores")
+    print(f"{'epoch':>5} {'minutes':>8} {'val Dice':>9} {'val IoU':>8} {'train Dice':>11}")
+    for c in curve:
+        print(f"{c['epoch']:5d} {c['minutes']:8.1f} {c['val_dice']:9.3f} {c['val_iou']:8.3f} "
+              f"{c['dice']:11.3f}")
+    if best_in_budget:
+        print(f"best validation Dice within {args.budget_minutes:g} min: "
+              f"{best_in_budget['val_dice']:.3f} (epoch {best_in_budget['epoch']}, "
+              f"{best_in_budget['minutes']:.1f} min)")
+    print(f"target {args.target_dice}: " + (f"reached at epoch {reached['epoch']}, "
+                                             f"{reached['minutes']:.1f} min" if reached
+                                             else "not reached"))
+    print("validation Dice of the best checkpoint by the truth's masses (largest in image):")
+    for k, v in result["breakdown"].items():
+        print(f"  {k:20} {v['images']:3d} images  Dice {v['mean_dice']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
