@@ -313,9 +313,10 @@ class TrainConfig:
     use_gpu: bool = option(False, "one GPU per worker")
     cpus_per_worker: float = option(1.0, "CPUs per worker (TensorFlow's thread pools are "
                                     "sized to this)", min=0.1, max=256.0)
-    mixed_precision: str = option("auto", "mixed precision: auto (float16 with GPUs), on "
-                                  "(float16), bf16 (bfloat16, for CPUs with AVX-512 BF16 or "
-                                  "AMX), off", choices=("auto", "on", "bf16", "off"))
+    mixed_precision: str = option("auto", "mixed precision: auto (float16 with GPUs, "
+                                  "bfloat16 on CPUs with AVX-512 BF16 or AMX, else off), on "
+                                  "(float16), bf16 (bfloat16), off",
+                                  choices=("auto", "on", "bf16", "off"))
     max_failures: int = option(1, "worker-group restarts from the latest checkpoint after a "
                                "failure", min=0, max=100)
     checkpoints_to_keep: int = option(2, "checkpoints kept, best by validation IoU (the "

@@ -118,13 +118,27 @@ def _load_state(model, optimizer, path: str) -> None:
             var.assign(state[f"o{i}"])
 
 
-def precision_policy(tcfg) -> str:
-    """The Keras dtype policy of ``train.mixed_precision``: float16 on GPUs (``auto`` with
-    ``use_gpu``, or ``on``), bfloat16 with ``bf16`` (CPUs with AVX-512 BF16 / AMX: 1.36x the
-    float32 step rate here), else float32. Variables stay float32 in both mixed policies."""
-    if tcfg.mixed_precision == "on" or (tcfg.mixed_precision == "auto" and tcfg.use_gpu):
+def cpu_has_bf16() -> bool:
+    """Whether this machine's CPU computes bfloat16 natively (AVX-512 BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def precision_policy(tcfg, cpu_bf16: bool | None = None) -> str:
+    """The Keras dtype policy of ``train.mixed_precision`` on this worker: float16 with GPUs
+    (``auto`` with ``use_gpu``, or ``on``); bfloat16 with ``bf16``, or ``auto`` on a CPU that
+    computes bfloat16 natively (1.36x the float32 step rate here; emulated bfloat16 would be
+    slower, so other CPUs stay float32); else float32. Variables stay float32 in both mixed
+    policies."""
+    mode = tcfg.mixed_precision
+    if mode == "on" or (mode == "auto" and tcfg.use_gpu):
         return "mixed_float16"
-    if tcfg.mixed_precision == "bf16":
+    if mode == "bf16" or (mode == "auto" and (cpu_has_bf16() if cpu_bf16 is None
+                                              else cpu_bf16)):
         return "mixed_bfloat16"
     return "float32"
 
@@ -165,6 +179,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    node = ray.get_runtime_context().get_node_id()
+    print(f"train: worker rank {rank} of {world} on node {node[:12]} "
+          f"({ray.util.get_node_ip_address()})", flush=True)
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     policy = precision_policy(tcfg)
     keras.mixed_precision.set_global_policy(policy)
@@ -377,6 +394,13 @@ def run_training(cfg: ExperimentConfig, *, log: Callable[[str], None] = print) -
             f"{storage_path}")
         if not storage.is_uri(storage_path):
             os.makedirs(storage_path, exist_ok=True)
+            nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+            if nodes > 1 and tcfg.num_workers > 1:
+                log(f"train: warning: train.storage_path {storage_path} is a local path and "
+                    f"this cluster has {nodes} nodes; workers on other nodes write their "
+                    "checkpoints there too, so it must be the same shared folder on every node "
+                    "(NFS, or one machine); otherwise set train.storage_path to s3://... or "
+                    "gs://...")
         loop_config = {"config": cfg.to_dict(), "size": size,
                        "preprocessing": info.get("parameters"),
                        "crash_marker": os.path.join(storage_path, f"{name}.crashed-once")}
@@ -426,7 +450,9 @@ def checkpoint_data_config(path: str) -> DataConfig:
     with open(os.path.join(path, CONFIG_FILE)) as fh:
         meta = json.load(fh)
     params = meta.get("preprocessing") or meta["config"]["data"]
-    known = {f.name for f in dataclasses.fields(DataConfig)}
+    # Only what shapes an image; paths and sources (whose test lists are not written) stay.
+    known = {f.name for f in dataclasses.fields(DataConfig)} - {"sources", "input", "output",
+                                                                 "overwrite"}
     return config_from_dict({"data": {k: v for k, v in params.items() if k in known}}).data
 
 

@@ -79,7 +79,13 @@ def test_best_checkpoint_reloads_and_predicts_like_its_weights(trained):
               if os.path.isdir(d) and len(json.load(open(os.path.join(d, "history.json"))))
               == summary["best_epoch"]]
     assert len(states) == 1
-    fresh = build_unet(ModelConfig(levels=3, base_filters=8), SIZE)
+    # Built under the checkpoint's dtype policy (bfloat16 compute on CPUs that have it).
+    policy = model.get_layer("enc0_conv1").dtype_policy.name
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        fresh = build_unet(ModelConfig(levels=3, base_filters=8), SIZE)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     with np.load(os.path.join(states[0], "state.npz")) as state:
         fresh.set_weights([state[f"m{i}"] for i in range(len(fresh.get_weights()))])
     x = np.random.default_rng(0).random((2, SIZE, SIZE, 1)).astype("float32")
@@ -150,11 +156,13 @@ def test_learning_rate_schedules():
         config_from_dict({"train": {"lr_schedule": "step"}})
 
 
-@pytest.mark.parametrize("mode,gpu,policy", [
-    ("auto", False, "float32"), ("auto", True, "mixed_float16"), ("on", False, "mixed_float16"),
-    ("bf16", False, "mixed_bfloat16"), ("off", True, "float32")])
-def test_precision_policy(mode, gpu, policy):
+@pytest.mark.parametrize("mode,gpu,bf16_cpu,policy", [
+    ("auto", False, False, "float32"), ("auto", False, True, "mixed_bfloat16"),
+    ("auto", True, True, "mixed_float16"), ("on", False, False, "mixed_float16"),
+    ("bf16", False, False, "mixed_bfloat16"), ("off", True, True, "float32"),
+    ("off", False, True, "float32")])
+def test_precision_policy(mode, gpu, bf16_cpu, policy):
     from mammoray.train import precision_policy
 
     tcfg = config_from_dict({"train": {"mixed_precision": mode, "use_gpu": gpu}}).train
-    assert precision_policy(tcfg) == policy
+    assert precision_policy(tcfg, cpu_bf16=bf16_cpu) == policy
