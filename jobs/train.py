@@ -1,7 +1,8 @@
 """Train the U-Net with Ray Train on a preprocessed dataset.
 
     python -m jobs.train --config FILE [--data DIR] [--output DIR] [--num-workers N]
-        [--use-gpu] [--epochs N] [--dry-run] [--address ADDR] [--num-cpus N]
+        [--use-gpu] [--epochs N] [--storage-path URI] [--dry-run] [--address ADDR]
+        [--num-cpus N]
 
 Writes <output>/best (model.keras + config.json: what jobs.evaluate and jobs.predict take as
 --checkpoint), history.csv, curves.png and summary.json; Ray Train's checkpoints live in
@@ -29,6 +30,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--use-gpu", action="store_true", default=None,
                    help="one GPU per worker (train.use_gpu)")
     p.add_argument("--epochs", type=int, help="epochs (train.epochs)")
+    p.add_argument("--storage-path", help="where Ray Train keeps checkpoints (train.storage_path"
+                   "; s3://... or gs://... on a multi-node cluster)")
     p.add_argument("--dry-run", action="store_true",
                    help="check config and data, build the model, print its size, exit")
     add_ray_flags(p)
@@ -57,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, {
             "train.data": args.data, "train.output": args.output,
             "train.num_workers": args.num_workers, "train.use_gpu": args.use_gpu,
-            "train.epochs": args.epochs, **ray_overrides(args)})
+            "train.epochs": args.epochs, "train.storage_path": args.storage_path,
+            **ray_overrides(args)})
         if args.dry_run:
             dry_run(cfg)
         else:

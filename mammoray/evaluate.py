@@ -124,7 +124,7 @@ def score_split(checkpoint: str, data: str, split: str, *, thresholds: tuple[flo
     """Per-image stats of every row of ``split`` (Ray Data, one model per actor)."""
     import ray
 
-    from mammoray.inference import RowScorer
+    from mammoray.inference import RowScorer, share_checkpoint
 
     ds = _split_rows(data, split)
     rows = ds.count()
@@ -138,10 +138,11 @@ def score_split(checkpoint: str, data: str, split: str, *, thresholds: tuple[flo
     # before the actors start: actors holding every CPU would starve the repartition tasks.
     ds = ds.repartition(max(1, min(-(-rows // batch_size), 8 * n))).materialize()
     scored = ds.map_batches(
-        RowScorer, fn_constructor_kwargs={"checkpoint": os.path.abspath(checkpoint),
+        RowScorer, fn_constructor_kwargs={"checkpoint": share_checkpoint(checkpoint),
                                           "thresholds": thresholds, "cpus": cpus_per_actor,
                                           "use_gpu": use_gpu},
-        batch_size=batch_size, batch_format="pyarrow", concurrency=n,
+        batch_size=batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=n),
         num_cpus=cpus_per_actor, num_gpus=1 if use_gpu else None)
     return sorted(scored.take_all(), key=lambda r: r["image_id"])
 

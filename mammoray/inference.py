@@ -10,6 +10,8 @@ loads the Keras model once.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from typing import Any
 
 import cv2
@@ -47,6 +49,45 @@ def configure_tensorflow(cpus: float, use_gpu: bool) -> None:
         pass  # TensorFlow already initialised in this process (e.g. a driver that trained)
 
 
+def share_checkpoint(path: str):
+    """The checkpoint's files (model and config) in Ray's object store: actors on any node load
+    it from there, while the folder itself is usually on the driver's node only (where the
+    training job wrote it)."""
+    import ray
+
+    from mammoray.train import CONFIG_FILE, MODEL_FILE
+
+    files = {}
+    for name in (MODEL_FILE, CONFIG_FILE):
+        with open(os.path.join(path, name), "rb") as fh:
+            files[name] = fh.read()
+    return ray.put(files)
+
+
+class LocalCheckpoint:
+    """``with LocalCheckpoint(shared) as folder:`` a temporary local copy of a shared
+    checkpoint (an object reference from :func:`share_checkpoint`, or a folder path)."""
+
+    def __init__(self, shared) -> None:
+        self.shared, self.folder = shared, None
+
+    def __enter__(self) -> str:
+        import ray
+
+        if isinstance(self.shared, str):
+            return self.shared
+        files = ray.get(self.shared) if isinstance(self.shared, ray.ObjectRef) else self.shared
+        self.folder = tempfile.mkdtemp(prefix="mammoray-ckpt-")
+        for name, data in files.items():
+            with open(os.path.join(self.folder, name), "wb") as fh:
+                fh.write(data)
+        return self.folder
+
+    def __exit__(self, *exc) -> None:
+        if self.folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def predict_probabilities(model, images: np.ndarray) -> np.ndarray:
     """(N, S, S, 1) float32 in [0, 1] -> (N, S, S) float32 probabilities."""
     prob = model(images, training=False)
@@ -57,13 +98,14 @@ class RowScorer:
     """Ray Data actor: scores preprocessed rows at every threshold of ``thresholds`` (per-image
     stats, not the probability maps)."""
 
-    def __init__(self, checkpoint: str, thresholds: tuple[float, ...] = THRESHOLDS,
+    def __init__(self, checkpoint, thresholds: tuple[float, ...] = THRESHOLDS,
                  cpus: float = 1.0, use_gpu: bool = False) -> None:
         configure_tensorflow(cpus, use_gpu)
         self.thresholds = tuple(thresholds)
         from mammoray.train import load_checkpoint_model
 
-        self.model, _, self.size = load_checkpoint_model(checkpoint)
+        with LocalCheckpoint(checkpoint) as folder:
+            self.model, _, self.size = load_checkpoint_model(folder)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from mammoray.train import decode_batch

@@ -102,6 +102,8 @@ def lesion_summary(mask: np.ndarray, prob: np.ndarray,
     end-exclusive) and area in pixels, and in mm when the pixel spacing (row, col) is known."""
     n, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8),
                                                                    connectivity=8)
+    peak = np.zeros(n, np.float32)  # each component's maximum probability, in one pass
+    np.maximum.at(peak, labels.ravel(), prob.ravel().astype(np.float32))
     out = []
     for i in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[i])
@@ -109,7 +111,7 @@ def lesion_summary(mask: np.ndarray, prob: np.ndarray,
             "box_px": [x, y, x + w, y + h], "area_px": area,
             "centroid_px": [round(float(centroids[i][0]), 1),
                             round(float(centroids[i][1]), 1)],
-            "max_probability": round(float(prob[labels == i].max()), 4)}
+            "max_probability": round(float(peak[i]), 4)}
         if spacing:
             sr, sc = spacing
             lesion.update(width_mm=round(w * sc, 2), height_mm=round(h * sr, 2),
@@ -163,15 +165,16 @@ def dicom_seg(source_bytes: bytes, mask: np.ndarray, *, series_uid: str,
 class DicomPredictor:
     """Ray Data actor: DICOM relative paths in, outputs written, one status row out each."""
 
-    def __init__(self, checkpoint: str, input_root: str, output_root: str, threshold: float,
+    def __init__(self, checkpoint, input_root: str, output_root: str, threshold: float,
                  write_seg: bool, run_id: str, cpus: float = 1.0,
                  use_gpu: bool = False) -> None:
-        from mammoray.inference import configure_tensorflow
+        from mammoray.inference import LocalCheckpoint, configure_tensorflow
         from mammoray.train import checkpoint_data_config, load_checkpoint_model
 
         configure_tensorflow(cpus, use_gpu)
-        self.model, _, self.size = load_checkpoint_model(checkpoint)
-        self.data_cfg = checkpoint_data_config(checkpoint)
+        with LocalCheckpoint(checkpoint) as folder:
+            self.model, _, self.size = load_checkpoint_model(folder)
+            self.data_cfg = checkpoint_data_config(folder)
         self.input_root, self.output_root = input_root, output_root
         self.threshold, self.write_seg, self.run_id = threshold, write_seg, run_id
         from mammoray import __version__
@@ -264,6 +267,7 @@ def run_prediction(opts: PredictOptions, ray_cfg: RayConfig,
     import ray
 
     from mammoray.evaluate import check_checkpoint
+    from mammoray.inference import share_checkpoint
     from mammoray.ray_env import init_ray
 
     if not 0.0 < opts.threshold < 1.0:
@@ -290,11 +294,11 @@ def run_prediction(opts: PredictOptions, ray_cfg: RayConfig,
                                  override_num_blocks=min(len(relpaths), 4 * n))
         results = ds.map_batches(
             DicomPredictor, fn_constructor_kwargs={
-                "checkpoint": os.path.abspath(opts.checkpoint), "input_root": root,
+                "checkpoint": share_checkpoint(opts.checkpoint), "input_root": root,
                 "output_root": output, "threshold": opts.threshold,
                 "write_seg": opts.dicom_seg, "run_id": uuid.uuid4().hex,
                 "cpus": opts.cpus_per_actor, "use_gpu": use_gpu},
-            batch_size=1, batch_format="pyarrow", concurrency=n,
+            batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=n),
             num_cpus=opts.cpus_per_actor, num_gpus=1 if use_gpu else None).take_all()
     finally:
         if started:
