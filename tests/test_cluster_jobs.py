@@ -215,6 +215,22 @@ def test_preprocess_then_two_node_training_by_job_submit(cluster, raw):
     with open(base / "train" / "history.csv") as fh:
         assert len(fh.read().strip().splitlines()) == 3  # header + 2 epochs
 
+    # Evaluation and prediction as jobs: one actor per CPU over both nodes, each loading the
+    # checkpoint from the object store.
+    job = submit(cluster, "python", "-m", "jobs.evaluate", "--checkpoint",
+                 str(base / "train" / "best"), "--data", str(base / "ds"), "--split", "train",
+                 "--actors", "4", "--bootstrap", "50", "--output", str(base / "eval"))
+    status, logs = wait_job(cluster, job)
+    assert status == "SUCCEEDED", logs[-3000:]
+    with open(base / "eval" / "metrics.json") as fh:
+        assert json.load(fh)["protocol"]["split"] == "train"
+    job = submit(cluster, "python", "-m", "jobs.predict", "--checkpoint",
+                 str(base / "train" / "best"), "--input", str(base / "raw" / "patient_0000"),
+                 "--output", str(base / "pred"))
+    status, logs = wait_job(cluster, job)
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert len(list((base / "pred").glob("*_seg.dcm"))) == 4
+
 
 def test_job_with_bad_config_fails_and_names_the_key(cluster, raw):
     config = raw / "bad.yaml"
