@@ -87,16 +87,6 @@ def decode_batch(batch: dict[str, np.ndarray], size: int) -> tuple[np.ndarray, n
 
 # --------------------------------------------------------------------------- worker
 
-def _configure_tensorflow(cpus: float) -> None:
-    import tensorflow as tf
-
-    # TensorFlow ignores OMP_NUM_THREADS: size its pools to the worker's CPUs, or two workers
-    # on two cores oversubscribe them.
-    threads = max(1, int(round(cpus)))
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
-
-
 def _sums_from_vector(v: np.ndarray) -> MetricSums:
     """MetricSums from the 7 sums the worker step returns (see ``sums_tf``), in that order."""
     return MetricSums(images=int(round(v[0])), accuracy_sum=float(v[1]),
@@ -170,7 +160,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = config_from_dict(config["config"])
     size = int(config["size"])
     tcfg = cfg.train
-    _configure_tensorflow(tcfg.cpus_per_worker)
+    from mammoray.inference import configure_tensorflow
+
+    # TensorFlow ignores OMP_NUM_THREADS: its pools are sized to the worker's CPUs, or two
+    # workers on two cores oversubscribe them.
+    configure_tensorflow(tcfg.cpus_per_worker, tcfg.use_gpu)
     import keras
     import tensorflow as tf
 
