@@ -33,24 +33,10 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
+from _datasets import cached_dataset  # noqa: E402
 from mammoray.config import config_from_dict, load_config  # noqa: E402
 
 LAPTOP = os.path.join(REPO, "jobs", "configs", "laptop.yaml")
-
-
-def ensure_dataset(root: str, patients: int, data_cfg: dict) -> tuple[str, str]:
-    from mammoray.synthetic import FolderOptions, write_folder_dataset
-    from preprocessing.pipeline import run_preprocess
-
-    raw = os.path.join(root, f"quality_raw_{patients}p")
-    if not os.path.exists(os.path.join(raw, "truth.json")):
-        write_folder_dataset(FolderOptions(output=raw, patients=patients, seed=78, height=800,
-                                           width=640, workers=2))
-    out = os.path.join(root, f"quality_{patients}p_{data_cfg['size']}")
-    if not os.path.exists(os.path.join(out, "dataset.json")):
-        tree = {"data": dict(data_cfg, input=raw, output=out), "ray": {"num_cpus": 2}}
-        run_preprocess(config_from_dict(tree), log=lambda _: None)
-    return raw, out
 
 
 def visibility(image: np.ndarray, mask: np.ndarray) -> float:
@@ -116,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides[key] = yaml.safe_load(value)
     cfg = load_config(LAPTOP, overrides)
     tree = cfg.to_dict()
-    _, data = ensure_dataset(args.data, args.patients, tree["data"])
+    _, data = cached_dataset(args.data, "quality", patients=args.patients, seed=78,
+                             data=tree["data"])
     out = os.path.join(args.data, "quality_out")
     if not args.report_only:
         shutil.rmtree(out, ignore_errors=True)

@@ -27,25 +27,10 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from _datasets import cached_dataset  # noqa: E402
 from mammoray.config import config_from_dict, load_config  # noqa: E402
 
 LAPTOP = os.path.join(REPO, "jobs", "configs", "laptop.yaml")
-
-
-def ensure_dataset(root: str, patients: int, size: int) -> str:
-    from mammoray.synthetic import FolderOptions, write_folder_dataset
-    from preprocessing.pipeline import run_preprocess
-
-    raw = os.path.join(root, f"train_raw_{patients}p")
-    if not os.path.exists(os.path.join(raw, "truth.json")):
-        write_folder_dataset(FolderOptions(output=raw, patients=patients, seed=77, height=800,
-                                           width=640, workers=2))
-    out = os.path.join(root, f"train_{patients}p_{size}")
-    if not os.path.exists(os.path.join(out, "dataset.json")):
-        run_preprocess(config_from_dict({"data": {
-            "input": raw, "output": out, "size": size, "val_fraction": 0.1,
-            "test_fraction": 0.1}, "ray": {"num_cpus": 2}}), log=lambda _: None)
-    return out
 
 
 def arrays(data: str, split: str, size: int):
@@ -165,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
                "batch_per_worker": cfg.train.batch_size, "sizes": {}}
     for size in args.sizes:
         print(f"size {size}: data ...", flush=True)
-        data = ensure_dataset(args.data, args.patients, size)
+        _, data = cached_dataset(args.data, "train", patients=args.patients, seed=77,
+                                 data={"size": size, "val_fraction": 0.1,
+                                       "test_fraction": 0.1})
         print(f"size {size}: (a) plain TensorFlow ...", flush=True)
         plain = bench_plain(data, size, args.epochs, cfg)
         runs = {}

@@ -1,0 +1,26 @@
+"""Synthetic datasets the benchmarks share, generated once and cached under benchmarks/data/."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def cached_dataset(root: str, name: str, *, patients: int, seed: int,
+                   data: dict[str, Any]) -> tuple[str, str]:
+    """(raw folder, preprocessed dataset) of ``patients`` synthetic patients (800 x 640 folder
+    format, 4 images each), preprocessed with the ``data`` section on a local Ray of 2 CPUs.
+    Both are reused when present."""
+    from mammoray.config import config_from_dict
+    from mammoray.synthetic import FolderOptions, write_folder_dataset
+    from preprocessing.pipeline import run_preprocess
+
+    raw = os.path.join(root, f"{name}_raw_{patients}p")
+    if not os.path.exists(os.path.join(raw, "truth.json")):
+        write_folder_dataset(FolderOptions(output=raw, patients=patients, seed=seed, height=800,
+                                           width=640, workers=2))
+    out = os.path.join(root, f"{name}_{patients}p_{data['size']}")
+    if not os.path.exists(os.path.join(out, "dataset.json")):
+        tree = {"data": dict(data, input=raw, output=out), "ray": {"num_cpus": 2}}
+        run_preprocess(config_from_dict(tree), log=lambda _: None)
+    return raw, out
