@@ -27,6 +27,7 @@ import numpy as np
 
 from mammoray import evaluation, storage
 from mammoray.config import ConfigError, RayConfig
+from mammoray.inference import META_COLUMNS
 
 SPLITS = ("train", "val", "test")
 OVERLAY_CASES = 3
@@ -106,16 +107,10 @@ def _split_rows(data: str, split: str):
     import ray
     from ray.data.expressions import col
 
-    columns = ["image", "mask", "augment_index", *_meta_columns()]
+    columns = ["image", "mask", "augment_index", *META_COLUMNS]
     ds = ray.data.read_parquet(storage.join(storage.normalize(data), "data"), columns=columns)
     ds = ds.filter(expr=(col("split") == split) & (col("augment_index") == 0))
     return ds.drop_columns(["augment_index"]).materialize()
-
-
-def _meta_columns() -> tuple[str, ...]:
-    from mammoray.inference import META_COLUMNS
-
-    return META_COLUMNS
 
 
 def score_split(checkpoint: str, data: str, split: str, *, thresholds: tuple[float, ...],
@@ -165,10 +160,10 @@ def _diameters(rows: list[dict[str, Any]], size: int, pad: bool) -> list[tuple[f
     return out
 
 
-def _breakdowns(rows: list[dict[str, Any]], table: evaluation.Table, k: int, size: int,
-                pad: bool) -> dict[str, dict[str, Any]]:
+def _breakdowns(rows: list[dict[str, Any]], table: evaluation.Table, k: int,
+                diameters: list[tuple[float | None, float]]) -> dict[str, dict[str, Any]]:
     groups: dict[str, dict[str, list[int]]] = {"source": {}, "pathology": {}, "lesion_size": {}}
-    for i, (r, (d_mm, d_px)) in enumerate(zip(rows, _diameters(rows, size, pad))):
+    for i, (r, (d_mm, d_px)) in enumerate(zip(rows, diameters)):
         groups["source"].setdefault(r["source"] or "unknown", []).append(i)
         if r["truth"] > 0:
             groups["pathology"].setdefault((r["pathology"] or "unknown").lower(), []).append(i)
@@ -255,13 +250,14 @@ def _froc_png(curve: list[dict[str, float]], chosen: float, path: str, title: st
     storage.write_bytes(path, buf.getvalue())
 
 
-def _per_image_csv(rows, k: int, size: int, pad: bool, path: str) -> None:
+def _per_image_csv(rows, k: int, diameters: list[tuple[float | None, float]],
+                   path: str) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["image_id", "patient_key", "source", "pathology", "has_mass", "dice",
                      "iou", "pixel_accuracy", "truth_pixels", "predicted_pixels", "lesions",
                      "detected", "false_positive_lesions", "lesion_diameter_mm", "max_prob"])
-    for r, (d_mm, _) in zip(rows, _diameters(rows, size, pad)):
+    for r, (d_mm, _) in zip(rows, diameters):
         m = evaluation.per_image_metrics(r, k)
 
         def fmt(v):
@@ -386,6 +382,7 @@ def run_evaluation(opts: EvaluateOptions, ray_cfg: RayConfig,
         table = evaluation.Table.from_rows(rows)
         patients = [r["patient_key"] or r["image_id"] for r in rows]
         figures = evaluation.aggregate(table, k)
+        diameters = _diameters(rows, size, pad)
         result = {
             "protocol": {
                 "images": "full-field mammograms (whole image cropped to the breast, no ROI "
@@ -402,11 +399,11 @@ def run_evaluation(opts: EvaluateOptions, ray_cfg: RayConfig,
                                                          resamples=opts.bootstrap,
                                                          seed=opts.seed),
             "froc": evaluation.froc(table, thresholds),
-            "breakdowns": _breakdowns(rows, table, k, size, pad),
+            "breakdowns": _breakdowns(rows, table, k, diameters),
             "throughput": {"images": len(rows), "seconds": score_seconds,
                            "images_per_s": len(rows) / score_seconds},
         }
-        _per_image_csv(rows, k, size, pad, staged.path("per_image.csv"))
+        _per_image_csv(rows, k, diameters, staged.path("per_image.csv"))
         _froc_png(result["froc"], threshold, staged.path("froc.png"),
                   f"FROC, split {opts.split}, {len(rows)} images, {size} px input")
         result["overlays"] = _overlays(opts, rows, k, threshold, size, staged)

@@ -122,14 +122,17 @@ def lesion_summary(mask: np.ndarray, prob: np.ndarray,
     return sorted(out, key=lambda les: -les["area_px"])
 
 
-def dicom_seg(source_bytes: bytes, mask: np.ndarray, *, series_uid: str,
+def dicom_seg(source_bytes: bytes, mask: np.ndarray, *, run_id: str,
               software_version: str) -> bytes:
-    """A binary DICOM Segmentation of ``mask`` (source grid) referencing the source image."""
+    """A binary DICOM Segmentation of ``mask`` (source grid) referencing the source image; the
+    SEGs of one run and study share one series."""
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
 
     src = pydicom.dcmread(io.BytesIO(source_bytes), stop_before_pixels=True, force=True)
+    series_uid = pydicom.uid.generate_uid(
+        entropy_srcs=[run_id, str(src.get("StudyInstanceUID", ""))])
     algorithm = hd.AlgorithmIdentificationSequence(
         name="mammoray U-Net", version=software_version,
         family=codes.cid7162.ArtificialIntelligence)
@@ -232,15 +235,9 @@ class DicomPredictor:
                                                           max_side=OVERLAY_MAX_SIDE))
             seg_written, seg_error = False, None
             if self.write_seg:
-                import pydicom
-
-                study = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True,
-                                        specific_tags=["StudyInstanceUID"]).get(
-                                            "StudyInstanceUID", "")
-                series_uid = pydicom.uid.generate_uid(entropy_srcs=[self.run_id, str(study)])
                 try:
                     storage.write_bytes(base + "_seg.dcm", dicom_seg(
-                        data, mask, series_uid=series_uid, software_version=self.version))
+                        data, mask, run_id=self.run_id, software_version=self.version))
                     seg_written = True
                 except Exception as exc:  # the PNGs and JSON are still useful
                     seg_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
