@@ -4,11 +4,19 @@ Under ``ray job submit`` Ray sets RAY_ADDRESS in the job's environment, so the s
 line works on a laptop and on a cluster. Without an address we start a fresh local instance
 (``address="local"``) rather than letting ``ray.init()`` attach to whatever cluster a stale
 ``ray_current_cluster`` file points to.
+
+The job's workers are told their cluster's address (RAY_ADDRESS): Ray Train V2's placement-group
+cleaner finds its cluster through the State API, which without an address looks for running
+Ray instances and fails ("Found multiple active Ray instances") when this machine runs two (a
+local job beside another job or a test cluster). Measured here: the cleaner died, and the next
+Tune trial's workers waited for resources forever.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import socket
 
 import ray
 
@@ -21,18 +29,40 @@ from mammoray.config import RayConfig
 WORKER_ENV = {"MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_MMAP_THRESHOLD_": str(1 << 28)}
 
 
-def init_ray(cfg: RayConfig) -> bool:
+def init_ray(cfg: RayConfig, *, dashboard: bool = False) -> bool:
     """Initialise Ray for a job; returns True if this call started it (caller shuts it down).
 
-    The job's workers get :data:`WORKER_ENV` through the job's runtime environment.
+    The job's workers get :data:`WORKER_ENV` through the job's runtime environment. A local Ray
+    runs without the dashboard unless ``dashboard``: Ray Tune needs it (without it the
+    placement groups of trials Tune stopped were never released here, and the next trial's
+    workers waited forever).
     """
     if ray.is_initialized():
         return False
     address = cfg.address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": dict(WORKER_ENV)}
+    env_vars = dict(WORKER_ENV)
     if address:
-        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
-    else:
-        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False,
-                 runtime_env=runtime_env)
+        if re.fullmatch(r"[\w.\-]+:\d+", address):
+            env_vars["RAY_ADDRESS"] = address
+        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env_vars})
+        return True
+    # A local Ray on a port chosen here, so that its workers can be given the address.
+    port = _free_port()
+    env_vars["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+    saved = os.environ.get("RAY_GCS_SERVER_PORT")
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    try:
+        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=dashboard,
+                 dashboard_host="127.0.0.1", runtime_env={"env_vars": env_vars})
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_GCS_SERVER_PORT", None)
+        else:
+            os.environ["RAY_GCS_SERVER_PORT"] = saved
     return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

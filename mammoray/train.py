@@ -274,12 +274,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                    "train_images": train_sums.images, "val_images": val_sums.images,
                    "train_seconds": round(train_seconds, 3),
                    "learning_rate": learning_rate_at(tcfg, epoch),
-                   "seconds": round(time.time() - t0, 2)}
+                   "seconds": round(time.time() - t0, 2), "time": round(time.time(), 3)}
         metrics.update({k: v for k, v in train_sums.result().items()})
         metrics.update({f"val_{k}": v for k, v in val_sums.result().items()})
         # Ray keeps checkpoints by val_iou; a NaN (no mass in validation) must still compare.
         metrics["val_score"] = (metrics["val_iou"] if not math.isnan(metrics["val_iou"])
                                 else -metrics["val_loss"])
+        # The best so far: what a search ranks trials by (a trial that peaked early is not
+        # judged by a worse last epoch).
+        metrics["best_val_score"] = max([h["val_score"] for h in history]
+                                        + [metrics["val_score"]])
         history.append(metrics)
         if rank == 0:
             with tempfile.TemporaryDirectory() as d:
@@ -345,7 +349,7 @@ def write_history(history: list[dict[str, Any]], output: str) -> None:
     plt.close(fig)
 
 
-def _publish_best(best_dir: str, output: str) -> None:
+def publish_best(best_dir: str, output: str) -> None:
     """Copy the best checkpoint's model and config to <output>/best (atomically)."""
     final = os.path.join(output, "best")
     partial = final + ".partial"
@@ -357,11 +361,41 @@ def _publish_best(best_dir: str, output: str) -> None:
     os.replace(partial, final)
 
 
+def build_trainer(cfg: ExperimentConfig, size: int, preprocessing: dict[str, Any] | None,
+                  datasets: dict[str, Any], *, name: str, storage_path: str,
+                  callbacks: list[Any] | None = None):
+    """The TensorflowTrainer of one training run (jobs.train, and each jobs.tune trial):
+    ``train.num_workers`` workers with ``train.cpus_per_worker`` CPUs (and a GPU each with
+    ``train.use_gpu``), the "train" dataset split between them, checkpoints kept by
+    validation IoU under ``storage_path/name``."""
+    import ray.train
+    from ray.train.tensorflow import TensorflowTrainer
+
+    tcfg = cfg.train
+    loop_config = {"config": cfg.to_dict(), "size": size, "preprocessing": preprocessing,
+                   "crash_marker": os.path.join(storage_path, f"{name}.crashed-once")}
+    resources = {"CPU": tcfg.cpus_per_worker}
+    if tcfg.use_gpu:
+        resources["GPU"] = 1
+    return TensorflowTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=tcfg.num_workers,
+                                               use_gpu=tcfg.use_gpu,
+                                               resources_per_worker=resources),
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        datasets=datasets,
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path, callbacks=callbacks,
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=tcfg.checkpoints_to_keep,
+                checkpoint_score_attribute="val_score", checkpoint_score_order="max"),
+            failure_config=ray.train.FailureConfig(max_failures=tcfg.max_failures)))
+
+
 def run_training(cfg: ExperimentConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train with Ray Train; writes <output>/best, history.csv and curves.png."""
     import ray
-    import ray.train
-    from ray.train.tensorflow import TensorflowTrainer
 
     from mammoray.ray_env import init_ray
 
@@ -395,26 +429,9 @@ def run_training(cfg: ExperimentConfig, *, log: Callable[[str], None] = print) -
                     "checkpoints there too, so it must be the same shared folder on every node "
                     "(NFS, or one machine); otherwise set train.storage_path to s3://... or "
                     "gs://...")
-        loop_config = {"config": cfg.to_dict(), "size": size,
-                       "preprocessing": info.get("parameters"),
-                       "crash_marker": os.path.join(storage_path, f"{name}.crashed-once")}
-        resources = {"CPU": tcfg.cpus_per_worker}
-        if tcfg.use_gpu:
-            resources["GPU"] = 1
-        trainer = TensorflowTrainer(
-            train_loop_per_worker,
-            train_loop_config=loop_config,
-            scaling_config=ray.train.ScalingConfig(num_workers=tcfg.num_workers,
-                                                   use_gpu=tcfg.use_gpu,
-                                                   resources_per_worker=resources),
-            dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
-            datasets={"train": train_ds, "val": val_ds},
-            run_config=ray.train.RunConfig(
-                name=name, storage_path=storage_path,
-                checkpoint_config=ray.train.CheckpointConfig(
-                    num_to_keep=tcfg.checkpoints_to_keep,
-                    checkpoint_score_attribute="val_score", checkpoint_score_order="max"),
-                failure_config=ray.train.FailureConfig(max_failures=tcfg.max_failures)))
+        trainer = build_trainer(cfg, size, info.get("parameters"),
+                                {"train": train_ds, "val": val_ds}, name=name,
+                                storage_path=storage_path)
         result = trainer.fit()
     finally:
         if started:
@@ -426,7 +443,7 @@ def run_training(cfg: ExperimentConfig, *, log: Callable[[str], None] = print) -
         with open(os.path.join(latest, "history.json")) as fh:
             history = json.load(fh)
     with best[0].as_directory() as best_dir:
-        _publish_best(best_dir, output)
+        publish_best(best_dir, output)
     write_history(history, output)
     summary = {"best_epoch": best[1]["epoch"], "best": {k: best[1][k] for k in (
         "val_loss", "val_iou", "val_dice", "val_pixel_accuracy", "val_fp_rate")},
