@@ -332,6 +332,68 @@ class TrainConfig:
                                       "crashes once at the start of this epoch", min=-1)
 
 
+def _check_range(key: str, values: list[Any]) -> None:
+    if len(values) != 2 or values[0] > values[1]:
+        raise ConfigError(f"{key}: give [low, high] with low <= high, got {values}")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Hyper-parameter search (``python -m jobs.tune``): Ray Tune + Optuna over the U-Net's
+    depth, a dropout rate per level and the learning rate; each trial is one Ray Train run of
+    the ``model`` and ``train`` sections with the sampled values put in."""
+
+    output: str | None = option(None, "search output folder (trials.csv, search.png, "
+                                "best_config.yaml, best/, summary.json)")
+    name: str = option("search", "Tune experiment name: the search lives in "
+                       "<storage_path>/<name>, where --resume finds it")
+    storage_path: str | None = option(None, "where Ray Tune and the trials' Ray Train runs keep "
+                                      "their state (s3://... on a multi-node cluster); default "
+                                      "<output>/ray_results")
+    num_samples: int = option(16, "trials", min=1, max=100000)
+    max_concurrent: int = option(0, "trials running at once; 0 = as many as the cluster's "
+                                 "current CPUs/GPUs hold (set it on an autoscaling cluster: "
+                                 "pending trials are what makes it add nodes)", min=0,
+                                 max=10000)
+    sampler: str = option("tpe", "Optuna sampler: tpe, or random", choices=("tpe", "random"))
+    seed: int = option(0, "seed of the sampler", min=0)
+    startup_trials: int = option(5, "TPE: random trials before TPE models the results",
+                                 min=1, max=1000)
+    start_from_config: bool = option(True, "the first trial is the config's own model/train "
+                                     "values (when inside the ranges): the baseline the "
+                                     "search must beat, measured under the same budget")
+    levels: list[int] = option([5, 7], "[low, high] U-Net levels (the original U-Net 5, the "
+                               "seed study 7)", min=2, max=10)
+    dropout: list[float] = option([0.1, 0.5], "[low, high] of each level's dropout rate (the "
+                                  "seed study's range)", min=0.0, max=0.9)
+    learning_rate: list[float] = option([1e-5, 1e-3], "[low, high] Adam learning rate, "
+                                        "sampled on a log scale (the study: 1e-4)", min=1e-8,
+                                        max=1.0)
+    base_filters: list[int] = option([], "base filters to choose from; empty = "
+                                     "model.base_filters", min=1, max=1024)
+    batch_size: list[int] = option([], "per-worker batch sizes to choose from; empty = "
+                                   "train.batch_size", min=1, max=4096)
+    loss: list[str] = option([], "losses to choose from; empty = train.loss",
+                             choices=LOSS_NAMES)
+    epochs: int | None = option(None, "epochs per trial (unset = train.epochs); also ASHA's "
+                                "maximum", min=1, max=100000)
+    grace_period: int = option(1, "ASHA: epochs every trial runs before it may be stopped",
+                               min=1, max=100000)
+    reduction_factor: int = option(2, "ASHA: 1 / this fraction of trials goes on at each rung",
+                                   min=2, max=100)
+    cpus_per_worker: float | None = option(None, "CPUs per training worker during the search "
+                                           "(unset = train.cpus_per_worker): fewer let more "
+                                           "trials run at once; best_config.yaml keeps "
+                                           "train.cpus_per_worker", min=0.1, max=256.0)
+    trial_memory_mb: int = option(512, "memory reserved for each trial's driver (it holds no "
+                                  "CPU, so trials' workers get all CPUs)", min=16,
+                                  max=1_000_000)
+
+    def check(self, prefix: str) -> None:
+        for name in ("levels", "dropout", "learning_rate"):
+            _check_range(f"{prefix}.{name}", getattr(self, name))
+
+
 @dataclass(frozen=True)
 class RayConfig:
     """Where jobs run: a cluster's Ray, or a local Ray the job starts itself."""
@@ -349,6 +411,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def to_dict(self) -> dict[str, Any]:
