@@ -46,13 +46,15 @@ def test_every_job_config_fits_a_node_type():
     configs = sorted(glob.glob(os.path.join(REPO, "jobs", "configs", "*.yaml")))
     assert configs
     for path in configs:
-        t = load_config(path).train
-        need = {"CPU": t.cpus_per_worker, "GPU": 1 if t.use_gpu else 0}
-        fits = [name for name, nt in types.items()
-                if nt.get("max_workers", 0) > 0
-                and all(nt["resources"].get(k, 0) >= v for k, v in need.items() if v)]
-        assert fits, f"{os.path.basename(path)} asks {need}; no worker node type holds it"
-        if t.use_gpu:
-            assert all(types[name]["resources"].get("GPU", 0) >= 1 for name in fits)
+        cfg = load_config(path)
+        t = cfg.train
+        for cpus in {t.cpus_per_worker, cfg.tune.cpus_per_worker or t.cpus_per_worker}:
+            need = {"CPU": cpus, "GPU": 1 if t.use_gpu else 0}
+            fits = [name for name, nt in types.items()
+                    if nt.get("max_workers", 0) > 0
+                    and all(nt["resources"].get(k, 0) >= v for k, v in need.items() if v)]
+            assert fits, f"{os.path.basename(path)} asks {need}; no worker node type holds it"
+            if t.use_gpu:
+                assert all(types[name]["resources"].get("GPU", 0) >= 1 for name in fits)
     # The head runs drivers only: no CPUs for tasks, so work always lands on workers.
     assert types[load()["head_node_type"]]["resources"] == {"CPU": 0}
