@@ -1,9 +1,24 @@
-"""Synthetic datasets the benchmarks share, generated once and cached under benchmarks/data/."""
+"""What the benchmarks share: synthetic datasets generated once and cached under
+benchmarks/data/, and ``--set KEY=VALUE`` config overrides."""
 
 from __future__ import annotations
 
+import argparse
 import os
 from typing import Any
+
+
+def parse_sets(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` flags as dotted config overrides (values parsed as YAML)."""
+    import yaml
+
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
 
 
 def cached_dataset(root: str, name: str, *, patients: int, seed: int,

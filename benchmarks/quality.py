@@ -31,9 +31,8 @@ sys.path.insert(0, REPO)
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 
-from _datasets import cached_dataset  # noqa: E402
+from _datasets import cached_dataset, parse_sets  # noqa: E402
 from mammoray.config import config_from_dict, load_config  # noqa: E402
 
 LAPTOP = os.path.join(REPO, "jobs", "configs", "laptop.yaml")
@@ -94,12 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=os.path.join(REPO, "benchmarks", "results",
                                                   "quality.json"))
     args = p.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--set {item}: expected KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
+    overrides = parse_sets(p, args.set)
     cfg = load_config(LAPTOP, overrides)
     tree = cfg.to_dict()
     _, data = cached_dataset(args.data, "quality", patients=args.patients, seed=78,

@@ -1,10 +1,12 @@
-"""The demo: synthesize -> preprocess -> train -> evaluate -> predict on a local Ray, on
-built-in synthetic data.
+"""The demo: synthesize -> preprocess -> search -> train -> evaluate -> predict on a local Ray,
+on built-in synthetic data.
 
-    python -m jobs.demo [--output DIR] [--patients N] [--size N] [--epochs N]
+    python -m jobs.demo [--output DIR] [--patients N] [--size N] [--epochs N] [--trials N]
 
 Writes ``<output>/raw`` (synthetic scanned-film mammograms in mixed transfer syntaxes, plus
-unusable files), ``<output>/dataset`` (the Parquet dataset) and ``<output>/train`` (the
+unusable files), ``<output>/dataset`` (the Parquet dataset), ``<output>/search`` (a short
+hyper-parameter search over jobs/configs/laptop.yaml's space: trials.csv, search.png,
+best_config.yaml; demo-sized, so training below keeps laptop.yaml), ``<output>/train`` (the
 U-Net of jobs/configs/laptop.yaml: best/ checkpoint, history.csv, curves.png),
 ``<output>/evaluation`` (test split: report.html, metrics.json, per_image.csv, froc.png,
 overlays) and ``<output>/predictions`` (for new synthetic DICOMs in ``<output>/new_dicoms``:
@@ -19,7 +21,7 @@ import os
 import shutil
 import sys
 
-from jobs import evaluate, predict, preprocess, synthesize, train
+from jobs import evaluate, predict, preprocess, synthesize, train, tune
 
 LAPTOP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "laptop.yaml")
 
@@ -31,6 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--patients", type=int, default=8)
     p.add_argument("--size", type=int, default=256, help="preprocessed image side")
     p.add_argument("--epochs", type=int, default=8, help="training epochs")
+    p.add_argument("--trials", type=int, default=3, help="search trials (3 epochs each)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray")
     return p.parse_args(argv)
 
@@ -43,28 +46,34 @@ def main(argv: list[str] | None = None) -> int:
     raw, dataset = os.path.join(out, "raw"), os.path.join(out, "dataset")
     trained = os.path.join(out, "train")
     ray_flags = ["--num-cpus", str(args.num_cpus)] if args.num_cpus else []
-    print("== 1/5 synthesize", flush=True)
+    print("== 1/6 synthesize", flush=True)
     code = synthesize.main(["--output", raw, "--patients", str(args.patients), "--film",
                             "--transfer-syntax", "mixed", "--defects", "--seed", "7"])
     if code:
         return code
-    print("== 2/5 preprocess", flush=True)
+    print("== 2/6 preprocess", flush=True)
     code = preprocess.main(["--input", raw, "--output", dataset, "--size", str(args.size),
                             *ray_flags])
     if code:
         return code
-    print("== 3/5 train (jobs/configs/laptop.yaml)", flush=True)
+    search = os.path.join(out, "search")
+    print(f"== 3/6 search ({args.trials} trials of 3 epochs, two at once)", flush=True)
+    code = tune.main(["--config", LAPTOP, "--data", dataset, "--output", search,
+                      "--num-samples", str(args.trials), "--epochs", "3", *ray_flags])
+    if code:
+        return code
+    print("== 4/6 train (jobs/configs/laptop.yaml)", flush=True)
     code = train.main(["--config", LAPTOP, "--data", dataset, "--output", trained, "--epochs",
                        str(args.epochs), *ray_flags])
     if code:
         return code
     best, evaluation = os.path.join(trained, "best"), os.path.join(out, "evaluation")
-    print("== 4/5 evaluate (test split, threshold chosen on validation)", flush=True)
+    print("== 5/6 evaluate (test split, threshold chosen on validation)", flush=True)
     code = evaluate.main(["--checkpoint", best, "--data", dataset, "--split", "test",
                           "--threshold", "val", "--output", evaluation, *ray_flags])
     if code:
         return code
-    print("== 5/5 predict (new synthetic DICOMs, full size)", flush=True)
+    print("== 6/6 predict (new synthetic DICOMs, full size)", flush=True)
     incoming, predictions = os.path.join(out, "new_dicoms"), os.path.join(out, "predictions")
     code = synthesize.main(["--output", incoming, "--patients", "1", "--seed", "99",
                             "--height", "2048", "--width", "1664"])
@@ -76,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         return code
     print(f"\ndemo done.\n  synthetic DICOMs: {raw}\n  Parquet dataset:  {dataset}/data\n"
           f"  rejected files:   {dataset}/rejected.parquet\n  dataset summary:  "
-          f"{dataset}/dataset.json\n  trained model:    {trained}/best (model.keras)\n"
+          f"{dataset}/dataset.json\n  search:           {search}/trials.csv, search.png, "
+          f"best_config.yaml\n  trained model:    {trained}/best (model.keras)\n"
           f"  training curves:  {trained}/curves.png, {trained}/history.csv\n"
           f"  evaluation:       {evaluation}/report.html (metrics.json, per_image.csv, "
           f"froc.png, overlays/)\n  predictions:      {predictions}/patient_0000/ (*_mask.png, "

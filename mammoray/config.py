@@ -385,9 +385,9 @@ class TuneConfig:
                                            "(unset = train.cpus_per_worker): fewer let more "
                                            "trials run at once; best_config.yaml keeps "
                                            "train.cpus_per_worker", min=0.1, max=256.0)
-    trial_memory_mb: int = option(512, "memory reserved for each trial's driver (it holds no "
-                                  "CPU, so trials' workers get all CPUs)", min=16,
-                                  max=1_000_000)
+    trial_memory_mb: int = option(1024, "memory reserved for each trial's driver (it holds "
+                                  "no CPU, so trials' workers get all CPUs; it imports "
+                                  "TensorFlow: about 0.7 GB)", min=16, max=1_000_000)
 
     def check(self, prefix: str) -> None:
         for name in ("levels", "dropout", "learning_rate"):

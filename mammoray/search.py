@@ -322,7 +322,7 @@ def plot_search(rows: list[dict[str, Any]], histories: dict[str, list[dict[str, 
         x = [(float(e["time"]) - t0) / 60.0 for e in h]
         y = [e["val_iou"] for e in h]
         line, = ax.plot(x, y, marker=".", lw=2.5 if row["trial_id"] == best_id else 1.2,
-                        label=f"{row['trial_id'][-5:]} ({row['status']})")
+                        label=f"{row['trial_id']} ({row['status']})")
         if row["status"] == "stopped":
             ax.plot(x[-1], y[-1], "x", color=line.get_color(), ms=10, mew=2)
     ax.set_xlabel("minutes since the search started")

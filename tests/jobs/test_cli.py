@@ -2,7 +2,7 @@
 
 import pytest
 
-from jobs import preprocess, synthesize
+from jobs import preprocess, synthesize, tune
 
 
 def run(main, argv, capsys):
@@ -69,3 +69,18 @@ def test_synthesize_writes_dataset(tmp_path, capsys):
     assert "synthesize: 4 folder images of 1 patients" in capsys.readouterr().out
     code, err = run(synthesize.main, ["--output", str(tmp_path / "s")], capsys)
     assert code == 2 and "exists and is not empty" in err
+
+
+def test_tune_bad_key_missing_data_and_nothing_to_resume(tmp_path, capsys):
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text("tune:\n  levles: [2, 3]\n")
+    code, err = run(tune.main, ["--config", str(cfg), "--output", str(tmp_path / "o")], capsys)
+    assert code == 2 and "error: tune.levles: unknown key; allowed keys in 'tune' are" in err
+    code, err = run(tune.main, ["--data", str(tmp_path / "none"), "--output",
+                                str(tmp_path / "o")], capsys)
+    assert code == 2 and f"--data {tmp_path / 'none'}: no dataset.json" in err
+    code, err = run(tune.main, ["--output", str(tmp_path / "o"), "--resume"], capsys)
+    assert code == 2 and "--resume: no search to resume at" in err
+    code, err = run(tune.main, ["--data", str(tmp_path), "--max-concurrent", "-1"], capsys)
+    assert code == 2 and "tune.max_concurrent: -1 is out of range" in err
+    assert not (tmp_path / "o").exists()
