@@ -43,7 +43,8 @@ from mammoray.train import TrainError, build_trainer, read_dataset_json, split_d
 METRIC = "best_val_score"
 SEARCHED_CHOICES = (("base_filters", "model"), ("batch_size", "train"), ("loss", "train"))
 TRIAL_COLUMNS = ["trial_id", "status", "levels", "dropout", "learning_rate", "base_filters",
-                 "batch_size", "loss", "best_val_iou", "best_val_dice", "best_epoch",
+                 "batch_size", "loss", "best_val_score", "best_val_iou", "best_val_dice",
+                 "best_epoch",
                  "epochs_run", "minutes", "baseline", "error"]
 
 
@@ -231,6 +232,7 @@ def trial_rows(results: list[dict[str, Any]], base: dict[str, Any], max_epochs: 
             "learning_rate": cfg.train.learning_rate,
             "base_filters": cfg.model.base_filters, "batch_size": cfg.train.batch_size,
             "loss": cfg.train.loss,
+            "best_val_score": best["val_score"] if best else math.nan,
             "best_val_iou": best["val_iou"] if best else math.nan,
             "best_val_dice": best["val_dice"] if best else math.nan,
             "best_epoch": int(best["epoch"]) if best else 0,
@@ -313,8 +315,8 @@ def plot_search(rows: list[dict[str, Any]], histories: dict[str, list[dict[str, 
     ax = fig.add_subplot(nrows, 1, 1)
     starts = [trial_window(h)[0] for h in histories.values() if h]
     t0 = min(starts) if starts else 0.0
-    best_id = max((r for r in rows if not math.isnan(r["best_val_iou"])),
-                  key=lambda r: r["best_val_iou"], default={"trial_id": None})["trial_id"]
+    best_id = max((r for r in rows if not math.isnan(r["best_val_score"])),
+                  key=lambda r: r["best_val_score"], default={"trial_id": None})["trial_id"]
     for row in rows:
         h = histories.get(row["trial_id"]) or []
         if not h:
@@ -423,6 +425,17 @@ def _grid_results(grid, train_runs: str | None = None) -> list[dict[str, Any]]:
     return out
 
 
+def finished_trials(exp_path: str) -> int:
+    """Trials that ended (completed, stopped by ASHA, or failed), from the experiment state Tune
+    saved. Not from ``tuner.fit()``'s result: after Ctrl+C, Tune marks the trials it interrupted
+    as terminated in memory, while the saved state keeps them running (and --resume resumes
+    them)."""
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(exp_path)
+    return sum(trial.status in ("TERMINATED", "ERROR") for trial in analysis.trials)
+
+
 def run_search(cfg: ExperimentConfig, *, resume: bool = False,
                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or with ``resume`` continue) the search; writes the outputs; returns the summary."""
@@ -476,11 +489,11 @@ def run_search(cfg: ExperimentConfig, *, resume: bool = False,
         if started:
             ray.shutdown()
     wall = time.time() - t0
-    unfinished = len(grid) - grid.num_terminated - grid.num_errors
-    if unfinished or len(grid) < t.num_samples:
-        raise SearchInterrupted(f"the search stopped with {grid.num_terminated} of "
-                                f"{t.num_samples} trials finished; continue it with --resume "
-                                f"(state in {exp_path})")
+    finished = finished_trials(exp_path)
+    if finished < t.num_samples:
+        raise SearchInterrupted(f"the search stopped with {finished} of {t.num_samples} "
+                                f"trials finished; continue it with --resume (state in "
+                                f"{exp_path})")
     results = _grid_results(grid, storage.join(exp_path, "train_runs"))
     return write_outputs(cfg, results, wall_seconds=wall, log=log)
 
@@ -505,7 +518,9 @@ def write_outputs(cfg: ExperimentConfig, results: list[dict[str, Any]], *,
     write_csv(rows, os.path.join(output, "trials.csv"))
     opened = [name for name, _ in SEARCHED_CHOICES if getattr(t, name)]
     plot_search(rows, histories, os.path.join(output, "search.png"), opened)
-    scored = [r for r in rows if not math.isnan(r["best_val_iou"])]
+    # Ranked by the validation score: IoU, or minus the validation loss when the validation
+    # split has no mass (IoU undefined).
+    scored = [r for r in rows if not math.isnan(r["best_val_score"])]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("completed", "stopped", "error")}
     summary: dict[str, Any] = {
         "trials": len(rows), **counts,
@@ -513,7 +528,7 @@ def write_outputs(cfg: ExperimentConfig, results: list[dict[str, Any]], *,
         "wall_seconds": round(wall_seconds, 1), "epochs_per_trial": epochs,
         "output": output, "best": None, "baseline": None}
     if scored:
-        best = max(scored, key=lambda r: r["best_val_iou"])
+        best = max(scored, key=lambda r: r["best_val_score"])
         result = next(r for r in results if r["trial_id"] == best["trial_id"])
         best_cfg = trial_config(base, result["params"], for_search=False)
         write_best_config(best_cfg, best, os.path.join(output, "best_config.yaml"))

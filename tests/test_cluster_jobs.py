@@ -79,6 +79,25 @@ def test_preprocess_then_two_node_training_by_job_submit(cluster, raw):
     assert len(list((base / "pred").glob("*_seg.dcm"))) == 4
 
 
+def test_search_by_job_submit_runs_one_trial_per_node(cluster, raw):
+    """jobs.tune submitted as a job: 2 trials at once, each a Ray Train run whose 2-CPU worker
+    takes a whole node, so one trial trains on each node."""
+    config = raw / "search.yaml"
+    config.write_text("model: {levels: 2, base_filters: 4}\n"
+                      "train: {epochs: 2, batch_size: 2, loss: bce, cpus_per_worker: 2}\n"
+                      "tune: {num_samples: 2, max_concurrent: 2, levels: [2, 3]}\n")
+    job = submit(cluster, "python", "-m", "jobs.tune", "--config", str(config), "--data",
+                 str(raw / "ds"), "--output", str(raw / "search"))
+    status, logs = wait_job(cluster, job)
+    assert status == "SUCCEEDED", logs[-3000:]
+    placed = {line.split(" on node ")[1].split()[0] for line in logs.splitlines()
+              if "train: worker rank 0 of 1" in line and " on node " in line}
+    assert len(placed) == 2, logs[-3000:]
+    summary = json.loads((raw / "search" / "summary.json").read_text())
+    assert summary["trials"] == 2 and summary["trials_at_once"] == 2
+    assert (raw / "search" / "best_config.yaml").is_file()
+
+
 def test_job_with_bad_config_fails_and_names_the_key(cluster, raw):
     config = raw / "bad.yaml"
     config.write_text("train: {epochs: 0}\n")
