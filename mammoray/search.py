@@ -256,12 +256,14 @@ def _same_params(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def trial_window(history: list[dict[str, Any]]) -> tuple[float, float]:
-    """(start, end) wall-clock seconds of a trial's training: its first epoch's end time minus
-    that epoch's duration, and its last epoch's end time."""
+    """(start, end) wall-clock seconds of a trial's training run: from the start of its worker
+    (TensorFlow start-up and model building included; else its first epoch's start) to its last
+    epoch's end."""
     if not history:
         return (math.nan, math.nan)
     first, last = history[0], history[-1]
-    return float(first["time"]) - float(first["seconds"]), float(last["time"])
+    start = first.get("worker_started") or float(first["time"]) - float(first["seconds"])
+    return float(start), float(last["time"])
 
 
 def max_overlap(windows: list[tuple[float, float]]) -> int:

@@ -155,6 +155,7 @@ def learning_rate_at(tcfg, epoch: int) -> float:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The per-worker loop (runs in each Ray Train worker)."""
+    started = time.time()
     import ray.train
 
     cfg = config_from_dict(config["config"])
@@ -274,7 +275,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                    "train_images": train_sums.images, "val_images": val_sums.images,
                    "train_seconds": round(train_seconds, 3),
                    "learning_rate": learning_rate_at(tcfg, epoch),
-                   "seconds": round(time.time() - t0, 2), "time": round(time.time(), 3)}
+                   "seconds": round(time.time() - t0, 2), "time": round(time.time(), 3),
+                   "worker_started": round(started, 3)}
         metrics.update({k: v for k, v in train_sums.result().items()})
         metrics.update({f"val_{k}": v for k, v in val_sums.result().items()})
         # Ray keeps checkpoints by val_iou; a NaN (no mass in validation) must still compare.
