@@ -263,6 +263,21 @@ def test_asha_stops_trials_worse_than_the_first_at_its_rung(tune_ray, tmp_path):
     assert stopped and all(r["epochs_run"] < 4 for r in stopped)
 
 
+def _epochs_saved(runs):
+    """Epochs each trial's training run has saved so far (its latest checkpoint's history)."""
+    out = {}
+    if runs.is_dir():
+        for run in runs.iterdir():
+            counts = [0]
+            for path in run.glob("checkpoint_*/history.json"):
+                try:
+                    counts.append(len(json.loads(path.read_text())))
+                except (OSError, ValueError):
+                    pass  # being copied into place right now
+            out[run.name] = max(counts)
+    return out
+
+
 def _trial_results(exp):
     out = {}
     for name in os.listdir(exp):
@@ -291,19 +306,18 @@ def test_resume_continues_an_interrupted_search_without_rerunning_finished_trial
         proc = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
                                 stdout=log_file, stderr=subprocess.STDOUT)
     try:
+        # Interrupt when one trial's training has saved all 3 epochs and the next one's has
+        # saved some (trials run one at a time here): read from the training runs' checkpoints,
+        # which the workers write as they go (Tune's result files may lag behind).
         deadline = time.time() + 300
-        finished = None
-        while time.time() < deadline and proc.poll() is None:
-            results = _trial_results(exp) if exp.is_dir() else {}
-            done = [t for t, h in results.items() if h and h[-1].get("done")]
-            running = [t for t, h in results.items() if h and not h[-1].get("done")]
-            if done and running:  # a trial finished, the next one is training
-                finished, interrupted = done, running[0]
-                break
-            time.sleep(0.5)
-        assert finished, "no trial finished while the next one ran:\n" + log_path.read_text(
-            errors="replace")[-3000:]
-        before = {t: h for t, h in _trial_results(exp).items() if t in finished}
+        interrupted = None
+        while time.time() < deadline and proc.poll() is None and interrupted is None:
+            saved = _epochs_saved(exp / "train_runs")
+            if 3 in saved.values():
+                interrupted = next((t for t, n in saved.items() if 0 < n < 3), None)
+            time.sleep(0.2)
+        assert interrupted, "no trial trained while another had finished:\n" + \
+            log_path.read_text(errors="replace")[-3000:]
         proc.send_signal(signal.SIGINT)  # Ctrl+C
         proc.wait(timeout=180)
     finally:
@@ -312,6 +326,9 @@ def test_resume_continues_an_interrupted_search_without_rerunning_finished_trial
     assert proc.returncode == 2, log[-3000:]
     assert "--resume" in log and not (out / "summary.json").exists()
     mid = _trial_results(exp)
+    finished = [t for t, h in mid.items() if h and h[-1].get("done")]
+    assert finished
+    before = {t: mid[t] for t in finished}
 
     resumed = subprocess.run(command + ["--resume"], cwd=REPO, env=env, capture_output=True,
                              text=True, timeout=600, start_new_session=True)
@@ -329,7 +346,7 @@ def test_resume_continues_an_interrupted_search_without_rerunning_finished_trial
     # epoch when the search stopped), and its row counts the epochs before the interruption.
     row = next(r for r in rows if r["trial_id"] == interrupted)
     assert int(row["epochs_run"]) == 3 and 1 <= int(row["best_epoch"]) <= 3
-    if after[interrupted]:
+    if interrupted not in finished and after[interrupted] and mid.get(interrupted):
         assert after[interrupted][0]["epoch"] > mid[interrupted][-1]["epoch"]
 
 
