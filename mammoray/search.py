@@ -483,8 +483,11 @@ def run_search(cfg: ExperimentConfig, *, resume: bool = False,
             tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True,
                                        resume_errored=True)
         else:
+            # Saved with the trials-at-once this search runs with (the restored searcher
+            # keeps it), so a resumed search reports what it runs, not today's cluster's.
+            stored = dict(base, tune=dict(base["tune"], max_concurrent=concurrency))
             storage.write_bytes(storage.join(exp_path, SEARCH_CONFIG),
-                                json.dumps(base, indent=1).encode())
+                                json.dumps(stored, indent=1).encode())
             tuner = _make_tuner(cfg, trainable, concurrency)
         grid = tuner.fit()
     finally:

@@ -9,6 +9,7 @@ Ray 2.60's `ray start --head` does by default; every node and client gets it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -205,6 +206,24 @@ class FakeAutoscalingCluster(SessionCluster):
         self.start_node([*self.head_flags(), f"--autoscaling-config={self.config_path}",
                          *self.node_flags(0, (base, base + 99), cpus=self.head_cpus)], env=env)
         self.wait_for_nodes(1)
+
+
+@contextlib.contextmanager
+def running(cluster: SessionCluster):
+    """Start ``cluster``, yield it, stop it, and check that none of its processes is left."""
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        assert not cluster.processes()
+
+
+def worker_nodes(logs: str, marker: str = "train: worker rank") -> set[str]:
+    """The nodes of the training workers whose start lines (``marker`` ... ``on node <id>``)
+    a job's logs hold."""
+    return {line.split(" on node ")[1].split()[0] for line in logs.splitlines()
+            if marker in line and " on node " in line}
 
 
 def submit(cluster: SessionCluster, *entrypoint: str) -> str:

@@ -25,18 +25,13 @@ import threading
 import time
 
 import pytest
-from ray_cluster import REPO, FakeAutoscalingCluster
+from ray_cluster import REPO, FakeAutoscalingCluster, running
 
 
 @pytest.fixture(scope="module")
 def cluster(dataset):
-    c = FakeAutoscalingCluster(head_cpus=1, worker_cpus=2, max_workers=2)
-    try:
-        c.start()
+    with running(FakeAutoscalingCluster(head_cpus=1, worker_cpus=2, max_workers=2)) as c:
         yield c
-    finally:
-        c.stop()
-        assert not c.processes()
 
 
 def run_job(cluster: FakeAutoscalingCluster, *args: str, timeout: float = 600):

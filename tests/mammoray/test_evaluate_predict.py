@@ -18,10 +18,11 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+from conftest import preprocessed
 
 from mammoray import evaluation as ev
 from mammoray.config import ConfigError, RayConfig, config_from_dict
-from mammoray.synthetic import FolderOptions, fake_patient, write_folder_dataset
+from mammoray.synthetic import fake_patient
 
 SIZE = 64
 SEED = 5
@@ -33,14 +34,8 @@ def world(tmp_path_factory, local_ray):
     import keras
 
     from mammoray.train import read_dataset_json, write_checkpoint
-    from preprocessing.pipeline import run_preprocess
-
     base = tmp_path_factory.mktemp("evalpred")
-    write_folder_dataset(FolderOptions(output=str(base / "raw"), patients=PATIENTS, seed=SEED,
-                                       height=256, width=208))
-    run_preprocess(config_from_dict({"data": {
-        "input": str(base / "raw"), "output": str(base / "ds"), "size": SIZE,
-        "val_fraction": 0.25, "test_fraction": 0.25}}), log=lambda _: None)
+    preprocessed(base, patients=PATIENTS, seed=SEED, size=SIZE, val=0.25, test=0.25)
     inp = keras.Input((SIZE, SIZE, 1))
     out = keras.layers.Conv2D(1, 1, activation="sigmoid", name="head",
                               kernel_initializer=keras.initializers.Constant(20.0),

@@ -13,12 +13,12 @@ import time
 
 import optuna
 import pytest
+from conftest import preprocessed
 import yaml
 
 from mammoray.config import ConfigError, config_from_dict, load_config
 from mammoray.search import (SearchSpace, auto_concurrency, baseline_params,
                              check_search_config, max_overlap, trial_config, trial_rows)
-from mammoray.synthetic import FolderOptions, write_folder_dataset
 
 SIZE = 32
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -43,14 +43,8 @@ def tune_ray():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, tune_ray):
-    from preprocessing.pipeline import run_preprocess
-
     base = tmp_path_factory.mktemp("search")
-    write_folder_dataset(FolderOptions(output=str(base / "raw"), patients=6, seed=4,
-                                       height=256, width=208))
-    run_preprocess(config_from_dict({"data": {
-        "input": str(base / "raw"), "output": str(base / "ds"), "size": SIZE,
-        "val_fraction": 0.2, "test_fraction": 0.2}}), log=lambda _: None)
+    preprocessed(base, patients=6, seed=4, size=SIZE)
     return base
 
 
@@ -292,7 +286,9 @@ def test_resume_continues_an_interrupted_search_without_rerunning_finished_trial
                                                                                  tmp_path):
     out = tmp_path / "search"
     config = tmp_path / "search.yaml"
-    tree = search_tree(data, out, max_concurrent=1, start_from_config=False)
+    # Trials at once left to the cluster: one 2-CPU trial fits the local Ray's 2 CPUs.
+    tree = search_tree(data, out, max_concurrent=0, cpus_per_worker=2, start_from_config=False,
+                       num_samples=2)
     tree["tune"].pop("output")
     config.write_text(yaml.safe_dump(tree))
     command = [sys.executable, "-m", "jobs.tune", "--config", str(config), "--output", str(out)]
@@ -325,6 +321,10 @@ def test_resume_continues_an_interrupted_search_without_rerunning_finished_trial
     log = log_path.read_text(errors="replace")
     assert proc.returncode == 2, log[-3000:]
     assert "--resume" in log and not (out / "summary.json").exists()
+    # The search config is saved with the trials at once it runs with (the restored searcher
+    # keeps that number, whatever the cluster holds on resuming).
+    stored = json.loads((exp / "search_config.json").read_text())
+    assert stored["tune"]["max_concurrent"] == 1 and "at most 1 at once" in log
     mid = _trial_results(exp)
     finished = [t for t, h in mid.items() if h and h[-1].get("done")]
     assert finished
@@ -333,14 +333,15 @@ def test_resume_continues_an_interrupted_search_without_rerunning_finished_trial
     resumed = subprocess.run(command + ["--resume"], cwd=REPO, env=env, capture_output=True,
                              text=True, timeout=600, start_new_session=True)
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    assert "at most 1 at once" in resumed.stdout
     with open(out / "trials.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 3 and set(finished) <= {r["trial_id"] for r in rows}
+    assert len(rows) == 2 and set(finished) <= {r["trial_id"] for r in rows}
     after = _trial_results(exp)
     assert {t: after[t] for t in finished} == before  # finished trials were not run again
     for r in rows:
         assert r["status"] in ("completed", "stopped") and 1 <= int(r["epochs_run"]) <= 3
-    assert json.loads((out / "summary.json").read_text())["trials"] == 3
+    assert json.loads((out / "summary.json").read_text())["trials"] == 2
     # The interrupted trial went on from its last checkpoint, not from epoch 1 (what it reports
     # to Tune after resuming starts later; nothing, if its training had already saved its last
     # epoch when the search stopped), and its row counts the epochs before the interruption.

@@ -9,23 +9,17 @@ import os
 
 import numpy as np
 import pytest
+from conftest import preprocessed
 
 from mammoray.config import ConfigError, config_from_dict
-from mammoray.synthetic import FolderOptions, write_folder_dataset
 
 SIZE = 64
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, local_ray):
-    from preprocessing.pipeline import run_preprocess
-
     base = tmp_path_factory.mktemp("train")
-    write_folder_dataset(FolderOptions(output=str(base / "raw"), patients=6, seed=4,
-                                       height=256, width=208))
-    run_preprocess(config_from_dict({"data": {
-        "input": str(base / "raw"), "output": str(base / "ds"), "size": SIZE,
-        "val_fraction": 0.2, "test_fraction": 0.2}}), log=lambda _: None)
+    preprocessed(base, patients=6, seed=4, size=SIZE)
     return base
 
 
