@@ -104,11 +104,11 @@ def _check(opts: EvaluateOptions) -> tuple[dict[str, Any], dict[str, Any], float
 def _split_rows(data: str, split: str):
     """Original (non-augmented) rows of one split, materialized before the actors start (so
     actors holding every CPU never starve the read tasks)."""
-    import ray
     from ray.data.expressions import col
 
-    columns = ["image", "mask", "augment_index", *META_COLUMNS]
-    ds = ray.data.read_parquet(storage.join(storage.normalize(data), "data"), columns=columns)
+    from mammoray.train import read_rows
+
+    ds = read_rows(data, ["image", "mask", "augment_index", *META_COLUMNS])
     ds = ds.filter(expr=(col("split") == split) & (col("augment_index") == 0))
     return ds.drop_columns(["augment_index"]).materialize()
 

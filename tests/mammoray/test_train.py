@@ -45,6 +45,25 @@ def trained(data):
     return out, summary, history(out)
 
 
+def test_split_rows_equal_the_parquet_files(data):
+    """The V1-reader read of one split holds exactly that split's rows of the dataset's files,
+    and leaves Ray Data's reader switch as it was."""
+    import pyarrow.parquet as pq
+    import ray
+
+    from mammoray.train import split_dataset
+
+    table = pq.read_table(data / "ds" / "data", columns=["image", "mask", "split"])
+    before = ray.data.DataContext.get_current().use_datasource_v2
+    for split in ("train", "val"):
+        want = sorted(bytes(r["image"]) + bytes(r["mask"]) for r in table.to_pylist()
+                      if r["split"] == split)
+        got = sorted(bytes(r["image"]) + bytes(r["mask"])
+                     for r in split_dataset(str(data / "ds"), split).take_all())
+        assert want and got == want
+    assert ray.data.DataContext.get_current().use_datasource_v2 == before
+
+
 def test_two_workers_loss_falls(trained):
     out, summary, rows = trained
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
