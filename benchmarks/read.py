@@ -35,24 +35,11 @@ READERS = ("v2", "v1")
 
 
 def read_split(data: str, reader: str) -> int:
-    """One split's rows read with ``reader`` and materialized; returns the row count."""
-    import ray
-    from ray.data.expressions import col
+    """The training split read with ``reader`` and materialized, as the jobs read it; returns
+    the row count."""
+    from mammoray.train import split_dataset
 
-    from mammoray.train import read_rows
-
-    columns = ["image", "mask", "split"]
-    if reader == "v1":
-        ds = read_rows(data, columns)
-    else:
-        ctx = ray.data.DataContext.get_current()
-        previous, ctx.use_datasource_v2 = ctx.use_datasource_v2, True
-        try:
-            ds = ray.data.read_parquet(os.path.join(data, "data"), columns=columns)
-        finally:
-            ctx.use_datasource_v2 = previous
-    ds = ds.filter(expr=col("split") == "train").select_columns(["image", "mask"])
-    return ds.materialize().count()
+    return split_dataset(data, "train", v2=reader == "v2").count()
 
 
 def measure(data: str, repeats: int) -> dict[str, dict[str, float]]:

@@ -61,18 +61,19 @@ def read_dataset_json(data: str) -> dict[str, Any]:
     return json.loads(storage.read_bytes(path))
 
 
-def read_rows(data: str, columns: list[str]):
+def read_rows(data: str, columns: list[str], *, v2: bool = False):
     """The ``columns`` of a preprocessed dataset's rows (``<data>/data``) as a Ray Dataset.
 
-    Read with Ray Data's V1 Parquet reader: Ray 2.60's default V2 reader (a ListFiles task,
-    then ReadFiles) took 1.2-3 s per read of a small dataset on a local Ray and 15-21 s from a
-    job on the two-node test cluster, where the V1 reader took 0.1-0.3 s (measured side by
-    side; README). The switch is read at ``read_parquet`` time only, so it is restored at once.
+    Read with Ray Data's V1 Parquet reader unless ``v2`` (Ray 2.60's default V2 reader: a
+    ListFiles task, then ReadFiles, which ``benchmarks/read.py`` compares): reading a training
+    split took 1.55 s with V2 against 0.51 s with V1 on a local Ray, and 13.97 s against 0.72 s
+    from a job on the two-node test cluster (medians; README). The switch is read at
+    ``read_parquet`` time only, so it is restored at once.
     """
     import ray
 
     ctx = ray.data.DataContext.get_current()
-    previous, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
+    previous, ctx.use_datasource_v2 = ctx.use_datasource_v2, v2
     try:
         return ray.data.read_parquet(storage.join(storage.normalize(data), "data"),
                                      columns=columns)
@@ -80,12 +81,12 @@ def read_rows(data: str, columns: list[str]):
         ctx.use_datasource_v2 = previous
 
 
-def split_dataset(data: str, split: str):
+def split_dataset(data: str, split: str, *, v2: bool = False):
     """The rows of one split as a Ray Dataset (image/mask bytes only), materialized: training
-    workers then iterate without needing CPUs for read tasks."""
+    workers then iterate without needing CPUs for read tasks. ``v2``: see ``read_rows``."""
     from ray.data.expressions import col
 
-    ds = read_rows(data, ["image", "mask", "split"])
+    ds = read_rows(data, ["image", "mask", "split"], v2=v2)
     ds = ds.filter(expr=col("split") == split).select_columns(["image", "mask"])
     return ds.materialize()
 
