@@ -26,8 +26,8 @@ def cached_dataset(root: str, name: str, *, patients: int, seed: int,
     """(raw folder, preprocessed dataset) of ``patients`` synthetic patients (800 x 640 folder
     format, 4 images each), preprocessed with the ``data`` section on a local Ray of 2 CPUs.
     Both are reused when present."""
-    from mammoray.config import config_from_dict
-    from mammoray.synthetic import FolderOptions, write_folder_dataset
+    from mammoray.core.config import config_from_dict
+    from mammoray.synthetic.folder import FolderOptions, write_folder_dataset
     from preprocessing.pipeline import run_preprocess
 
     raw = os.path.join(root, f"{name}_raw_{patients}p")

@@ -30,15 +30,15 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from mammoray.config import RayConfig, config_from_dict, load_config  # noqa: E402
-from mammoray.prediction import STAGES  # noqa: E402
+from mammoray.core.config import RayConfig, config_from_dict, load_config  # noqa: E402
+from mammoray.inference.predictor import STAGES  # noqa: E402
 
 DATA = os.path.join(REPO, "benchmarks", "data")
 
 
 def full_field_inputs(n: int) -> str:
     """n full-field film DICOMs (the first of the preprocessing benchmark's 48 patients)."""
-    from mammoray.synthetic import FolderOptions, write_folder_dataset
+    from mammoray.synthetic.folder import FolderOptions, write_folder_dataset
 
     raw = os.path.join(DATA, "film_rle_4000x3000_48p")  # as benchmarks/preprocess.py writes
     if not os.path.exists(os.path.join(raw, "truth.json")):
@@ -57,8 +57,8 @@ def full_field_inputs(n: int) -> str:
 
 
 def make_checkpoint(folder: str, model_cfg: dict, size: int) -> str:
-    from mammoray.model import build_unet
-    from mammoray.train import write_checkpoint
+    from mammoray.model.checkpoint import write_checkpoint
+    from mammoray.model.unet import build_unet
 
     cfg = config_from_dict({"model": model_cfg})
     model = build_unet(cfg.model, size)
@@ -69,7 +69,7 @@ def make_checkpoint(folder: str, model_cfg: dict, size: int) -> str:
 
 
 def bench_predict(inputs: str, ckpt: str) -> dict:
-    from mammoray.prediction import PredictOptions, run_prediction
+    from mammoray.inference.job import PredictOptions, run_prediction
 
     out = tempfile.mkdtemp(prefix="bench-predict-")
     try:
@@ -82,7 +82,7 @@ def bench_predict(inputs: str, ckpt: str) -> dict:
 
 
 def bench_evaluate(data: str, ckpt: str, cpus: int) -> dict:
-    from mammoray.evaluate import EvaluateOptions, run_evaluation
+    from mammoray.evaluation.job import EvaluateOptions, run_evaluation
 
     out = tempfile.mkdtemp(prefix="bench-eval-")
     try:

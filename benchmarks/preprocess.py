@@ -17,7 +17,7 @@ largest USS (and RSS) of any Ray worker process, sampled every 50 ms in separate
 (the sampling itself costs a quarter of a core).
 
 The benchmark re-executes itself with the preprocessing workers' allocator settings
-(``mammoray.ray_env.WORKER_ENV``) so that (a), (b) and (c) run alike.
+(``mammoray.core.ray_session.WORKER_ENV``) so that (a), (b) and (c) run alike.
 
 Prints a table and writes ``benchmarks/results/preprocess.json``. The synthetic data is cached
 in ``benchmarks/data/`` (generated on first use; about 10 MB per image).
@@ -40,10 +40,10 @@ import psutil
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from mammoray import storage  # noqa: E402
-from mammoray.config import config_from_dict  # noqa: E402
-from mammoray.synthetic import FolderOptions, write_folder_dataset  # noqa: E402
-from mammoray.timing import StageTimer  # noqa: E402
+from mammoray.core import storage  # noqa: E402
+from mammoray.core.config import config_from_dict  # noqa: E402
+from mammoray.core.timing import StageTimer  # noqa: E402
+from mammoray.synthetic.folder import FolderOptions, write_folder_dataset  # noqa: E402
 from preprocessing.dicom_io import _check_image, _parse, _stored_pixels  # noqa: E402
 from preprocessing.transform import process_record  # noqa: E402
 
@@ -153,7 +153,7 @@ def bench_augment(size: int, copies: int = 24) -> float:
     """Copies per second of the pure augmentation function on one core (OpenCV 1 thread)."""
     import numpy as np
 
-    from mammoray.config import AugmentConfig
+    from mammoray.core.config import AugmentConfig
     from preprocessing.augment import augment, build_augmenter
 
     rng = np.random.default_rng(0)
@@ -173,10 +173,8 @@ def bench_augment(size: int, copies: int = 24) -> float:
 
 def bench_ray_augment(root: str, warmup: str, out: str, size: int, copies: int) -> dict:
     """2 CPUs, all images in training: the same run without and with ``copies`` per image."""
-    import ray
-
-    from mammoray.config import RayConfig
-    from mammoray.ray_env import init_ray
+    from mammoray.core.config import RayConfig
+    from mammoray.core.ray_session import ray_session
     from preprocessing.pipeline import run_preprocess
 
     def run(name: str, n_copies: int) -> tuple[float, dict]:
@@ -189,13 +187,10 @@ def bench_ray_augment(root: str, warmup: str, out: str, size: int, copies: int) 
         summary = run_preprocess(cfg, log=lambda _: None)
         return time.perf_counter() - t0, summary
 
-    init_ray(RayConfig(num_cpus=2))
-    try:
+    with ray_session(RayConfig(num_cpus=2)):
         run("warm", copies)
         plain_s, _ = run("aug0", 0)
         aug_s, summary = run("aug", copies)
-    finally:
-        ray.shutdown()
     made = summary["counts"]["augmented_rows"]
     return {"cpus": 2, "images": summary["counts"]["written"], "copies_per_image": copies,
             "copies_made": made, "seconds_without": plain_s, "seconds_with": aug_s,
@@ -206,10 +201,8 @@ def bench_ray(runs: list[tuple[str, int]], warmup: str, out: str, size: int,
               cpus: int) -> list[dict]:
     """One Ray instance with ``cpus`` CPUs: a warm-up run (worker start-up, imports), then
     each (root, images) run timed with its peak worker memory."""
-    import ray
-
-    from mammoray.config import RayConfig
-    from mammoray.ray_env import init_ray
+    from mammoray.core.config import RayConfig
+    from mammoray.core.ray_session import ray_session
     from preprocessing.pipeline import run_preprocess
 
     def run(root: str, name: str, sample: bool) -> tuple[dict, float, WorkerMemory | None]:
@@ -224,10 +217,9 @@ def bench_ray(runs: list[tuple[str, int]], warmup: str, out: str, size: int,
         return summary, elapsed, mem
 
     t0 = time.perf_counter()
-    init_ray(RayConfig(num_cpus=cpus))
-    startup = time.perf_counter() - t0
     results = []
-    try:
+    with ray_session(RayConfig(num_cpus=cpus)):
+        startup = time.perf_counter() - t0
         _, warm_s, _ = run(warmup, f"c{cpus}_warmup", False)
         # Timed runs are not sampled: reading /proc/*/smaps every 50 ms costs a quarter of a
         # core, so memory is measured in separate runs of the same data.
@@ -238,13 +230,11 @@ def bench_ray(runs: list[tuple[str, int]], warmup: str, out: str, size: int,
                             "ray_startup_s": startup, "first_run_s": warm_s,
                             "pipeline_s": elapsed, "peak_worker_rss_bytes": mem.peak_rss,
                             "peak_worker_uss_bytes": mem.peak_uss})
-    finally:
-        ray.shutdown()
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mammoray.ray_env import WORKER_ENV
+    from mammoray.core.ray_session import WORKER_ENV
 
     if any(os.environ.get(k) != v for k, v in WORKER_ENV.items()):
         # (a) and (b) run in this process: give it the allocator settings the pipeline's

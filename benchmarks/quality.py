@@ -31,9 +31,9 @@ sys.path.insert(0, REPO)
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-
 from _datasets import cached_dataset, parse_sets  # noqa: E402
-from mammoray.config import config_from_dict, load_config  # noqa: E402
+
+from mammoray.core.config import config_from_dict, load_config  # noqa: E402
 
 LAPTOP = os.path.join(REPO, "jobs", "configs", "laptop.yaml")
 
@@ -51,22 +51,24 @@ def breakdown(best: str, data: str) -> dict:
     """Validation Dice of the best checkpoint by the mass's size and measured visibility."""
     import pyarrow.parquet as pq
 
-    from mammoray.metrics import per_image_np
-    from mammoray.train import decode_batch, load_checkpoint_model
+    from mammoray.model.checkpoint import load_checkpoint_model
+    from mammoray.model.inputs import decode_rows
+    from mammoray.model.metrics import counts_np, overlap_np
 
     model, _, size = load_checkpoint_model(best)
     table = pq.read_table(glob.glob(os.path.join(data, "data", "*.parquet")),
                           columns=["image", "mask", "split"]).to_pydict()
     keep = [i for i, s in enumerate(table["split"]) if s == "val"]
-    batch = {k: np.array([table[k][i] for i in keep], dtype=object) for k in ("image", "mask")}
-    x, y = decode_batch(batch, size)
+    x, y = decode_rows([table["image"][i] for i in keep], [table["mask"][i] for i in keep],
+                       size)
     prob = model.predict(x, batch_size=4, verbose=0)
-    parts = per_image_np(y, prob)
+    parts = counts_np(y, prob)
+    dices, _ = overlap_np(parts["inter"], parts["truth"], parts["pred"])
     groups: dict[str, list[float]] = {}
     for j in range(len(keep)):
         if parts["truth"][j] == 0:
             continue
-        dice = 2 * parts["inter"][j] / (parts["truth"][j] + parts["pred"][j])
+        dice = dices[j]
         area = int(parts["truth"][j])
         cnr = visibility(x[j, ..., 0], y[j, ..., 0].astype(np.uint8))
         for key in (f"area {'< 100 px' if area < 100 else '100-400 px' if area < 400 else '>= 400 px'}",
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out, ignore_errors=True)
         tree["train"].update({"data": data, "output": out, "max_failures": 0})
         tree["ray"] = {"num_cpus": 2}
-        from mammoray.train import run_training
+        from mammoray.training.trainer import run_training
 
         print(f"training {data} with laptop.yaml {overrides or ''} ...", flush=True)
         t0 = time.perf_counter()

@@ -4,8 +4,8 @@
 
 What ``jobs.train``, ``jobs.tune`` and ``jobs.evaluate`` do before any work: read the
 dataset's rows (image, mask, split columns), keep one split and materialize it
-(``mammoray.train.split_dataset``). Timed with Ray 2.60's default V2 reader (a ListFiles task,
-then ReadFiles) and with the V1 reader the project uses (``mammoray.train.read_rows``),
+(``mammoray.core.dataset.split_dataset``). Timed with Ray 2.60's default V2 reader (a ListFiles task,
+then ReadFiles) and with the V1 reader the project uses (``mammoray.core.dataset.read_rows``),
 alternately, ``--repeats`` times each after one untimed warm-up read of each, on the quality
 benchmark's cached dataset (``4 x patients`` synthetic mammograms at 256 px):
 
@@ -37,7 +37,7 @@ READERS = ("v2", "v1")
 def read_split(data: str, reader: str) -> int:
     """The training split read with ``reader`` and materialized, as the jobs read it; returns
     the row count."""
-    from mammoray.train import split_dataset
+    from mammoray.core.dataset import split_dataset
 
     return split_dataset(data, "train", v2=reader == "v2").count()
 
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--repeats: at least 1")
     data = args.dataset
     if data is None:
-        from mammoray.config import load_config
+        from mammoray.core.config import load_config
 
         tree = load_config(os.path.join(REPO, "jobs", "configs", "laptop.yaml")).to_dict()
         _, data = cached_dataset(args.data, "quality", patients=args.patients, seed=78,

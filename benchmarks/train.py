@@ -28,7 +28,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from _datasets import cached_dataset  # noqa: E402
-from mammoray.config import config_from_dict, load_config  # noqa: E402
+
+from mammoray.core.config import config_from_dict, load_config  # noqa: E402
 
 LAPTOP = os.path.join(REPO, "jobs", "configs", "laptop.yaml")
 
@@ -36,17 +37,15 @@ LAPTOP = os.path.join(REPO, "jobs", "configs", "laptop.yaml")
 def arrays(data: str, split: str, size: int):
     import glob
 
-    import numpy as np
     import pyarrow.parquet as pq
 
-    from mammoray.train import decode_batch
+    from mammoray.model.inputs import decode_rows
 
     table = pq.read_table(glob.glob(os.path.join(data, "data", "*.parquet")),
                           columns=["image", "mask", "split"]).to_pydict()
     keep = [i for i, s in enumerate(table["split"]) if s == split]
-    batch = {"image": np.array([table["image"][i] for i in keep], dtype=object),
-             "mask": np.array([table["mask"][i] for i in keep], dtype=object)}
-    return decode_batch(batch, size)
+    return decode_rows([table["image"][i] for i in keep], [table["mask"][i] for i in keep],
+                       size)
 
 
 def bench_plain(data: str, size: int, epochs: int, cfg) -> dict:
@@ -54,8 +53,8 @@ def bench_plain(data: str, size: int, epochs: int, cfg) -> dict:
     import keras
     import tensorflow as tf
 
-    from mammoray.metrics import LOSSES
-    from mammoray.model import build_unet
+    from mammoray.model.losses import LOSSES
+    from mammoray.model.unet import build_unet
 
     x, y = arrays(data, "train", size)
     keras.utils.set_random_seed(0)
@@ -87,7 +86,7 @@ def bench_plain(data: str, size: int, epochs: int, cfg) -> dict:
 
 def bench_ray(data: str, out: str, epochs: int, workers: int, cfg_dict: dict) -> dict:
     """(b)/(c): jobs.train's run_training with ``workers`` workers on a fresh local Ray."""
-    from mammoray.train import run_training
+    from mammoray.training.trainer import run_training
 
     tree = json.loads(json.dumps(cfg_dict))
     tree["train"].update({"data": data, "output": out, "epochs": epochs,
@@ -111,25 +110,21 @@ def bench_ray(data: str, out: str, epochs: int, workers: int, cfg_dict: dict) ->
 
 def bench_input(data: str, size: int, batch: int) -> dict:
     """The input pipeline alone: Ray Data shard iteration + decoding, no model."""
-    import ray
+    from mammoray.core.config import RayConfig
+    from mammoray.core.dataset import split_dataset
+    from mammoray.core.ray_session import ray_session
+    from mammoray.model.inputs import decode_rows
 
-    from mammoray.config import RayConfig
-    from mammoray.ray_env import init_ray
-    from mammoray.train import decode_batch, split_dataset
-
-    init_ray(RayConfig(num_cpus=2))
-    try:
+    with ray_session(RayConfig(num_cpus=2)):
         ds = split_dataset(data, "train")
         for _ in ds.iter_batches(batch_size=batch, batch_format="numpy"):
             pass  # warm
         t0, n = time.perf_counter(), 0
         for _ in range(3):
             for b in ds.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True):
-                x, _ = decode_batch(b, size)
+                x, _ = decode_rows(b["image"], b["mask"], size)
                 n += x.shape[0]
         seconds = time.perf_counter() - t0
-    finally:
-        ray.shutdown()
     return {"images_per_s": n / seconds}
 
 

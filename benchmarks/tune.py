@@ -28,7 +28,8 @@ sys.path.insert(0, REPO)
 
 
 from _datasets import cached_dataset, parse_sets  # noqa: E402
-from mammoray.config import config_from_dict, load_config  # noqa: E402
+
+from mammoray.core.config import config_from_dict, load_config  # noqa: E402
 
 LAPTOP = os.path.join(REPO, "jobs", "configs", "laptop.yaml")
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     tree["train"].update({"data": data, "max_failures": 0})
     tree["tune"]["output"] = out
     tree["ray"] = {"num_cpus": 2}
-    from mammoray.search import run_search
+    from mammoray.tuning.search import run_search
 
     t0 = time.perf_counter()
     summary = run_search(config_from_dict(tree), log=lambda m: print(m, flush=True))

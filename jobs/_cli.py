@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from mammoray.config import ConfigError
+from mammoray.core.config import ConfigError
 
 EXIT_USAGE = 2
 
@@ -24,7 +24,7 @@ def ray_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def ray_config(args: argparse.Namespace):
     """The ``ray`` section from the flags alone (jobs that take no config file)."""
-    from mammoray.config import config_from_dict
+    from mammoray.core.config import config_from_dict
 
     return config_from_dict({"ray": {k.split(".", 1)[1]: v
                                      for k, v in ray_overrides(args).items()

@@ -40,7 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from mammoray.evaluate import EvaluateOptions, EvaluationError, run_evaluation
+    from mammoray.evaluation.job import EvaluateOptions, run_evaluation
+    from mammoray.evaluation.scoring import EvaluationError
 
     def job() -> None:
         if args.batch_size < 1 or (args.actors is not None and args.actors < 1):

@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from mammoray.prediction import PredictOptions, run_prediction
+    from mammoray.inference.job import PredictOptions, run_prediction
 
     def job() -> None:
         if args.actors is not None and args.actors < 1:

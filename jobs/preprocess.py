@@ -16,7 +16,7 @@ import dataclasses
 import sys
 
 from jobs._cli import add_ray_flags, ray_overrides, run
-from mammoray.config import ConfigError, load_config
+from mammoray.core.config import ConfigError, load_config
 from preprocessing.pipeline import PreprocessError, run_preprocess
 from preprocessing.sources import SourceError
 

@@ -15,10 +15,12 @@ import sys
 import time
 
 from jobs._cli import run
-from mammoray import dicom_write
-from mammoray.config import ConfigError
-from mammoray.synthetic import FolderOptions, SynthOptions, write_folder_dataset
-from mammoray.synthetic_layouts import write_cbis_ddsm, write_inbreast
+from mammoray.core.config import ConfigError
+from mammoray.synthetic import dicom_write
+from mammoray.synthetic.cbis_ddsm import write_cbis_ddsm
+from mammoray.synthetic.common import SynthOptions
+from mammoray.synthetic.folder import FolderOptions, write_folder_dataset
+from mammoray.synthetic.inbreast import write_inbreast
 
 FORMATS = ("folder", "cbis-ddsm", "inbreast")
 
@@ -52,7 +54,8 @@ def options_from_args(args: argparse.Namespace) -> FolderOptions | SynthOptions:
         raise ConfigError(f"--patients {args.patients}: allowed 1 to 100000")
     if not (64 <= args.height <= 16384 and 64 <= args.width <= 16384):
         raise ConfigError(f"--height/--width {args.height} x {args.width}: allowed 64 to 16384")
-    if args.transfer_syntax != "mixed" and args.transfer_syntax not in dicom_write.TRANSFER_SYNTAXES:
+    if (args.transfer_syntax != "mixed"
+            and args.transfer_syntax not in dicom_write.TRANSFER_SYNTAXES):
         raise ConfigError(f"--transfer-syntax {args.transfer_syntax}: choose mixed or one of "
                           + ", ".join(dicom_write.TRANSFER_SYNTAXES))
     if not 0.0 <= args.monochrome1_fraction <= 1.0:

@@ -17,7 +17,7 @@ import argparse
 import sys
 
 from jobs._cli import add_ray_flags, ray_overrides, run
-from mammoray.config import load_config
+from mammoray.core.config import load_config
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,8 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def dry_run(cfg) -> int:
-    from mammoray.model import build_unet, count_trainable
-    from mammoray.train import check_train_config
+    from mammoray.model.unet import build_unet, count_trainable
+    from mammoray.training.trainer import check_train_config
 
     size = 256
     if cfg.train.data:
@@ -54,7 +54,7 @@ def dry_run(cfg) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from mammoray.train import TrainError, run_training
+    from mammoray.training.trainer import TrainError, run_training
 
     def job() -> None:
         cfg = load_config(args.config, {

@@ -19,7 +19,7 @@ import argparse
 import sys
 
 from jobs._cli import add_ray_flags, ray_overrides, run
-from mammoray.config import load_config
+from mammoray.core.config import load_config
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,8 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from mammoray.search import SearchInterrupted, run_search
-    from mammoray.train import TrainError
+    from mammoray.training.trainer import TrainError
+    from mammoray.tuning.search import SearchInterrupted, run_search
 
     def job() -> None:
         cfg = load_config(args.config, {

@@ -16,7 +16,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from mammoray.config import AugmentConfig
+from mammoray.core.config import AugmentConfig
 
 UINT16_MAX = 65535.0
 

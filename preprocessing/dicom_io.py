@@ -28,7 +28,7 @@ from pydicom import uid
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from mammoray.timing import no_timer
+from mammoray.core.timing import no_timer
 
 UINT16_MAX = 65535
 
@@ -204,8 +204,8 @@ def stretch_to_uint16(values: np.ndarray) -> np.ndarray:
     """Linear map of the image's own [min, max] onto [0, 65535].
 
     OpenCV's min-max normalisation computes in float32: a value may differ by 1 (of 65535)
-    from exact rounding; min maps to 0 and max to 65535 exactly. It is 10x faster than an
-    exact lookup table on a full-field image (3 ms vs 30 ms at 4000 x 3000).
+    from exact rounding; min maps to 0 and max to 65535 exactly. It is much faster than an
+    exact lookup table on a full-field image (docs/decisions.md, the preprocessing pipeline).
     """
     src = values if values.dtype in (np.uint8, np.uint16, np.int16) else values.astype(np.float64)
     lo, hi, _, _ = cv2.minMaxLoc(src)

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pydicom
 
-from mammoray import storage
+from mammoray.core import storage
 from preprocessing.dicom_io import RejectedImage
 
 Shape = tuple[int, int]

@@ -31,12 +31,13 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 import mammoray
-from mammoray import storage
-from mammoray.config import ConfigError, DataConfig, ExperimentConfig, SourceConfig
-from mammoray.deid import Salt, load_salt, salted_key
+from mammoray.core import faults, storage
+from mammoray.core.config import ConfigError, DataConfig, ExperimentConfig, SourceConfig
+from mammoray.core.deid import Salt, load_salt, salted_key
+from mammoray.core.ray_session import ray_session
 from preprocessing import augment
 from preprocessing import splits as splits_mod
-from preprocessing.sources import SCANNERS, SourceError, SourceImage
+from preprocessing.sources import SCANNERS, SourceImage
 from preprocessing.transform import PASSTHROUGH, SCHEMA_VERSION, process_batch
 
 REJECTED_COLUMNS = ("relpath", "source", "image_id", "reason")
@@ -204,7 +205,8 @@ def _run_pipeline(ray, records: list[dict[str, Any]], notes: dict[str, Any],
     ds = ray.data.from_items(records, override_num_blocks=blocks)
     ds = ds.map_batches(process_batch, batch_size=per_task, batch_format="pyarrow",
                         fn_kwargs={"cfg": data_cfg, "augment_by_source": {
-                            s.source_name: s.augment for s in data_cfg.resolved_sources()}},
+                            s.source_name: s.augment for s in data_cfg.resolved_sources()},
+                            "injected": faults.from_env()},
                         num_cpus=data_cfg.cpus_per_task)
     rows_per_file = data_cfg.rows_per_file or max(1, FILE_BYTES // (data_cfg.size ** 2 * 3))
     # The write must stay a separate operator (its own, smaller CPU request prevents
@@ -259,8 +261,6 @@ def run_preprocess(cfg: ExperimentConfig, *,
     """Run the preprocessing job; returns the summary written to ``dataset.json``."""
     import ray  # imported here so that the pure modules above never need Ray
 
-    from mammoray.ray_env import init_ray
-
     data_cfg = cfg.data
     check_paths(data_cfg)
     t0 = time.time()
@@ -283,18 +283,10 @@ def run_preprocess(cfg: ExperimentConfig, *,
         log(f"preprocess: {name}: {len(mine)} images of {len({r['patient_key'] for r in mine})}"
             f" patients ({src.format}); {sum(r['augment_copies'] for r in mine)} augmented "
             f"copies planned")
-    started_ray = init_ray(cfg.ray)
-    try:
-        staged = storage.StagedOutput.create(data_cfg.output, overwrite=data_cfg.overwrite)
-        try:
+    with ray_session(cfg.ray):
+        with storage.StagedOutput.create(data_cfg.output,
+                                         overwrite=data_cfg.overwrite) as staged:
             summary = _run_pipeline(ray, records, notes, data_cfg, staged, salt, t0)
-            staged.commit()
-        except BaseException:
-            staged.discard()
-            raise
-    finally:
-        if started_ray:
-            ray.shutdown()
     counts = summary["counts"]
     log(f"preprocess: {counts['input']} inputs = {counts['written']} written + "
         f"{counts['rejected']} rejected (+ {counts['augmented_rows']} augmented rows) -> "

@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from mammoray import storage
+from mammoray.core import storage
 from preprocessing.dicom_io import read_patient_id
 
 

@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from mammoray import storage
-from mammoray.config import AugmentConfig, DataConfig
-from mammoray.timing import no_timer
+from mammoray.core import faults, storage
+from mammoray.core.config import AugmentConfig, DataConfig
+from mammoray.core.timing import no_timer
 from preprocessing import augment, geometry
 from preprocessing.dicom_io import DicomImage, RejectedImage, read_dicom
 from preprocessing.masks import MASK_READERS
@@ -191,14 +191,18 @@ def _augmenter(cfg: AugmentConfig):
 
 
 def process_batch(batch: pa.Table, cfg: DataConfig,
-                  augment_by_source: dict[str, AugmentConfig] | None = None) -> pa.Table:
+                  augment_by_source: dict[str, AugmentConfig] | None = None,
+                  injected: list[dict[str, Any]] | None = None) -> pa.Table:
     """Ray Data ``map_batches`` function: manifest columns in, row columns out (plus augmented
-    copies of training rows whose record asks for ``augment_copies``)."""
+    copies of training rows whose record asks for ``augment_copies``). ``injected``: faults
+    of :mod:`mammoray.core.faults` (tests only), at point ``preprocess.image``."""
     # OpenCV starts a thread per core; a task that reserved N CPUs must use N, or two
-    # workers on two cores oversubscribe them (measured: 30% of the throughput lost).
+    # workers on two cores oversubscribe them (docs/decisions.md).
     cv2.setNumThreads(max(1, int(cfg.cpus_per_task)))
     rows = []
     for record in batch.to_pylist():
+        if injected:
+            faults.fire(injected, "preprocess.image")
         row = process_record(record, cfg)
         rows.append(row)
         copies = int(record.get("augment_copies") or 0)

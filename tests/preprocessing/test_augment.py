@@ -6,9 +6,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from mammoray.config import AugmentConfig, DataConfig
+from mammoray.core.config import AugmentConfig, DataConfig
 from preprocessing.augment import augment, build_augmenter, copies_for
 from preprocessing.transform import image_from_row, process_batch
+
+pytestmark = pytest.mark.unit
 
 OFF = dict(elastic_p=0.0, brightness_p=0.0, rotate_p=0.0)
 
@@ -65,7 +67,7 @@ def test_copies_for():
 
 
 def test_only_training_rows_get_copies(tmp_path):
-    from mammoray import dicom_write
+    from mammoray.synthetic import dicom_write
 
     image, mask = structure(96)
     path = tmp_path / "a.dcm"
@@ -95,7 +97,7 @@ def test_only_training_rows_get_copies(tmp_path):
 
 
 def test_augment_config_checks():
-    from mammoray.config import ConfigError, config_from_dict
+    from mammoray.core.config import ConfigError, config_from_dict
 
     with pytest.raises(ConfigError, match="copies and .*target_total: give one of them"):
         config_from_dict({"data": {"sources": [{"format": "folder", "input": "x",

@@ -6,10 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-from mammoray.config import CropConfig, DataConfig
+from mammoray.core.config import CropConfig, DataConfig
 from preprocessing import geometry
 from preprocessing.dicom_io import DicomImage
 from preprocessing.transform import preprocess_image
+
+pytestmark = pytest.mark.unit
 
 H, W = 400, 300
 BREAST_BOX = (0, 60, 181, 341)  # half ellipse centred (0, 200), semi-axes 180 x 140
@@ -173,7 +175,7 @@ def test_synthetic_mask_round_trip_at_1024(laterality):
     """The issue's round trip: a synthetic full-field mammogram's mask through preprocessing
     (flip, breast crop, resize to 1024) and back with an identity "model" (the preprocessed
     mask itself) matches the original mask."""
-    from mammoray.synthetic import synthesize_image
+    from mammoray.synthetic.images import synthesize_image
 
     rng = np.random.default_rng(11)
     img = synthesize_image(rng, 2600, 2000, laterality, "MLO", film=True, n_masses=2)

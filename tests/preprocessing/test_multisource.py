@@ -10,14 +10,17 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import TEST_SALT
 
-from mammoray.config import config_from_dict
-from mammoray.deid import Salt, salted_key
-from mammoray.synthetic import SynthOptions
-from mammoray.synthetic_layouts import write_cbis_ddsm, write_inbreast
+from mammoray.core.config import config_from_dict
+from mammoray.core.deid import Salt, salted_key
+from mammoray.synthetic.cbis_ddsm import write_cbis_ddsm
+from mammoray.synthetic.common import SynthOptions
+from mammoray.synthetic.inbreast import write_inbreast
 from preprocessing.pipeline import run_preprocess
 from preprocessing.transform import image_from_row
-from tests.conftest import TEST_SALT
+
+pytestmark = pytest.mark.ray
 
 SIZE = 96
 

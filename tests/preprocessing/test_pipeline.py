@@ -14,18 +14,19 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import REPO, TEST_SALT
 
-from mammoray.config import config_from_dict
-from mammoray.deid import Salt, salted_key
-from mammoray.synthetic import FAKE_INSTITUTION, FolderOptions, fake_patient, write_folder_dataset
+from mammoray.core.config import config_from_dict
+from mammoray.core.deid import Salt, salted_key
+from mammoray.synthetic.common import FAKE_INSTITUTION, fake_patient
+from mammoray.synthetic.folder import FolderOptions, write_folder_dataset
 from preprocessing.pipeline import PreprocessError, run_preprocess
 from preprocessing.transform import image_from_row
-from tests.conftest import TEST_SALT
 
+pytestmark = pytest.mark.ray
 SIZE = 128
 PATIENTS = 4
 SEED = 21
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -177,19 +178,27 @@ def test_missing_input_is_named(tmp_path):
 
 
 def test_killed_job_leaves_no_output_that_looks_complete(raw, tmp_path):
-    """SIGKILL the job while it runs: the final output folder must not exist."""
+    """SIGKILL the job while it runs (deterministically: a fault holds its third image): the
+    final output folder must not exist; only the staged partial one is left."""
+    from mammoray.core import faults
+
     root, _ = raw
     out = tmp_path / "killed"
+    hold = tmp_path / "hold"
+    env = dict(os.environ, **{faults.ENV: json.dumps([
+        {"at": "preprocess.image", "action": "hold", "dir": str(hold), "arrival": 3}])})
+    env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "jobs.preprocess", "--input", str(root), "--output", str(out),
-         "--size", "64", "--num-cpus", "2"], cwd=REPO, start_new_session=True,
+         "--size", "64", "--num-cpus", "2"], cwd=REPO, env=env, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and not glob.glob(str(out) + ".partial-*"):
+        while time.time() < deadline and proc.poll() is None and not (hold / "fired").exists():
             time.sleep(0.05)
-        assert glob.glob(str(out) + ".partial-*"), "the job never started writing"
+        assert (hold / "fired").exists(), "the job never reached its third image"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the job's own session: it and its Ray
         proc.wait(timeout=30)
     assert not out.exists()
+    assert len(glob.glob(str(out) + ".partial-*")) == 1

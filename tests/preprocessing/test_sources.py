@@ -11,12 +11,15 @@ import cv2
 import numpy as np
 import pytest
 
-from mammoray.config import DataConfig, SourceConfig
-from mammoray.synthetic import SynthOptions
-from mammoray.synthetic_layouts import write_cbis_ddsm, write_inbreast
+from mammoray.core.config import DataConfig, SourceConfig
+from mammoray.synthetic.cbis_ddsm import write_cbis_ddsm
+from mammoray.synthetic.common import SynthOptions
+from mammoray.synthetic.inbreast import write_inbreast
 from preprocessing.masks import MASK_READERS, fill_polygons, inbreast_polygons
 from preprocessing.sources import SourceError, scan_cbis_ddsm, scan_inbreast
 from preprocessing.transform import image_from_row, process_record
+
+pytestmark = pytest.mark.unit
 
 
 def truth_mask(root, entry):

@@ -1,6 +1,10 @@
 """Patient-level splits: no patient in two splits, stable, the configured fractions."""
 
+import pytest
+
 from preprocessing.splits import assign_splits
+
+pytestmark = pytest.mark.unit
 
 
 def test_fractions_and_determinism():
@@ -34,7 +38,7 @@ def _img(patient, official=None, test_patient=False, n=0):
 
 
 def test_official_split_is_kept_and_patients_stay_together():
-    from mammoray.config import DataConfig, SourceConfig
+    from mammoray.core.config import DataConfig, SourceConfig
     from preprocessing.pipeline import split_source
 
     images = ([_img(f"p{i}", "train", n=k) for i in range(20) for k in range(2)]
@@ -53,7 +57,7 @@ def test_official_split_is_kept_and_patients_stay_together():
 
 
 def test_test_patients_list():
-    from mammoray.config import DataConfig, SourceConfig
+    from mammoray.core.config import DataConfig, SourceConfig
     from preprocessing.pipeline import split_source
 
     images = [_img(f"p{i}") for i in range(10)]

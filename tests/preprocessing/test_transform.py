@@ -6,9 +6,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from mammoray.config import DataConfig
-from mammoray.synthetic import FolderOptions, write_folder_dataset
+from mammoray.core.config import DataConfig
+from mammoray.synthetic.folder import FolderOptions, write_folder_dataset
 from preprocessing.transform import COLUMNS, image_from_row, process_batch, process_record
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,55 @@
+"""Reading a preprocessed dataset (the output of ``jobs.preprocess``): its ``dataset.json``
+and its rows (``<data>/data/*.parquet``) as Ray Datasets. Training, search and evaluation read
+through here; the rows are written by :mod:`preprocessing.pipeline`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mammoray.core import storage
+from mammoray.core.config import ConfigError
+
+
+def read_dataset_json(data: str) -> dict[str, Any]:
+    """The dataset's ``dataset.json``; a clear error naming ``--data`` when there is none."""
+    path = storage.join(storage.normalize(data), "dataset.json")
+    if not storage.exists(path):
+        raise ConfigError(f"--data {data}: no dataset.json; give the output folder of "
+                          f"jobs.preprocess")
+    return json.loads(storage.read_bytes(path))
+
+
+def image_size(info: dict[str, Any]) -> int:
+    """The side of the dataset's (square) images, from its dataset.json."""
+    return int(info["image"]["height"])
+
+
+def read_rows(data: str, columns: list[str], *, v2: bool = False):
+    """The ``columns`` of a preprocessed dataset's rows as a Ray Dataset.
+
+    Read with Ray Data's V1 Parquet reader unless ``v2`` (Ray 2.60's default V2 reader: a
+    ListFiles task, then ReadFiles): V2 was several times slower here, most of all from a job
+    on a cluster (``benchmarks/read.py``; figures in benchmarks/RESULTS.md, why in
+    docs/decisions.md). The switch is read at ``read_parquet`` time only, so it is restored at
+    once.
+    """
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    previous, ctx.use_datasource_v2 = ctx.use_datasource_v2, v2
+    try:
+        return ray.data.read_parquet(storage.join(storage.normalize(data), "data"),
+                                     columns=columns)
+    finally:
+        ctx.use_datasource_v2 = previous
+
+
+def split_dataset(data: str, split: str, *, v2: bool = False):
+    """The rows of one split as a Ray Dataset (image/mask bytes only), materialized: training
+    workers then iterate without needing CPUs for read tasks. ``v2``: see ``read_rows``."""
+    from ray.data.expressions import col
+
+    ds = read_rows(data, ["image", "mask", "split"], v2=v2)
+    ds = ds.filter(expr=col("split") == split).select_columns(["image", "mask"])
+    return ds.materialize()

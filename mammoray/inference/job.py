@@ -1,0 +1,149 @@
+"""``jobs.predict``: masks for new mammograms, on the original DICOM pixel grid.
+
+Each DICOM goes through the preprocessing its checkpoint was trained with (the dataset's
+parameters saved in the checkpoint: orientation, breast crop, CLAHE, resize), the model, and
+back through the geometry (resize, crop and flip undone, :func:`preprocessing.geometry.
+to_original`). Outputs per image, beside each other so that a prediction folder next to its
+DICOMs is itself a ``folder``-format dataset (for review and correction):
+
+- ``<stem>_prob.png``: probability x 255, 8-bit, original size;
+- ``<stem>_mask.png``: the binary mask (0/255, 1-bit PNG), original size;
+- ``<stem>_overlay.png``: the mammogram with the predicted outline (red), longest side <= 2048;
+- ``<stem>_seg.dcm``: a DICOM Segmentation (:mod:`mammoray.inference.seg`);
+- ``<stem>.json``: mass found, lesion count, each lesion's box and area in pixels and (when the
+  DICOM has a pixel spacing) in mm, its maximum probability; written last.
+
+Prediction runs on Ray Data (:class:`mammoray.inference.predictor.DicomPredictor`: one model
+per actor, a GPU per actor when
+the cluster has GPUs). A file that cannot be read gets its reason and no outputs; the others are
+predicted. ``predict_summary.json`` in the output root lists every input with its status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mammoray.core import storage
+from mammoray.core.config import ConfigError, RayConfig
+from mammoray.core.ray_session import actor_pool, ray_session
+from mammoray.inference.predictor import (
+    INPUT_SUFFIXES,
+    OUTPUT_SUFFIXES,
+    STAGES,
+    DicomPredictor,
+    stem_of,
+)
+from mammoray.model.checkpoint import check_checkpoint, share_checkpoint
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    checkpoint: str
+    input: str
+    output: str | None = None  # default: beside the input DICOMs
+    threshold: float = 0.5
+    dicom_seg: bool = True
+    overwrite: bool = False
+    actors: int | None = None
+    cpus_per_actor: float = 1.0
+
+
+def is_input_name(name: str) -> bool:
+    """A file the predictor takes: *.dcm / *.dicom, or a name without an extension (as PACS
+    exports write them); never one of its own outputs."""
+    lower = name.lower()
+    if lower.endswith("_seg.dcm") or lower.startswith("."):
+        return False
+    return lower.endswith(INPUT_SUFFIXES) or "." not in os.path.basename(lower)
+
+
+def list_inputs(path: str) -> tuple[str, list[str]]:
+    """(root, relative paths of the inputs) of a file or a folder (recursive)."""
+    path = storage.normalize(path)
+    if not storage.exists(path):
+        raise ConfigError(f"--input {path}: no such file or folder")
+    if not storage.is_dir(path):
+        root, name = os.path.split(path) if not storage.is_uri(path) else path.rsplit("/", 1)
+        return root, [name]
+    files = [f[len(path.rstrip("/")) + 1:] for f in storage.list_files(path)]
+    rel = [f for f in files if is_input_name(f) and ".partial-" not in f]
+    if not rel:
+        raise ConfigError(f"--input {path}: no DICOM files (*.dcm, *.dicom or names without "
+                          "an extension) in this folder")
+    return path, rel
+
+
+def check_prediction(opts: PredictOptions) -> tuple[str, list[str], str]:
+    """(input root, input relative paths, output root), or a clear error before any work."""
+    if not 0.0 < opts.threshold < 1.0:
+        raise ConfigError(f"--threshold {opts.threshold}: must be between 0 and 1 (exclusive)")
+    check_checkpoint(opts.checkpoint)
+    root, relpaths = list_inputs(opts.input)
+    output = storage.normalize(opts.output) if opts.output else root
+    present = set(storage.list_files(output)) if storage.is_dir(output) else set()
+    existing = [path for r in relpaths for s in OUTPUT_SUFFIXES
+                if (path := storage.join(output, stem_of(r)) + s) in present]
+    if existing and not opts.overwrite:
+        raise ConfigError(f"--output {output}: {len(existing)} prediction file(s) already exist "
+                          f"(e.g. {existing[0]}; a <stem>_mask.png may be a ground-truth "
+                          "mask); choose another --output or pass --overwrite")
+    return root, relpaths, output
+
+
+def run_prediction(opts: PredictOptions, ray_cfg: RayConfig,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Predict every input; returns the summary (also written as predict_summary.json)."""
+    import ray
+
+    root, relpaths, output = check_prediction(opts)
+    t0 = time.perf_counter()
+    with ray_session(ray_cfg):
+        pool = actor_pool(opts.actors, opts.cpus_per_actor, items=len(relpaths))
+        ds = ray.data.from_items([{"relpath": r} for r in relpaths],
+                                 override_num_blocks=min(len(relpaths), 4 * pool.size))
+        results = ds.map_batches(
+            DicomPredictor, fn_constructor_kwargs={
+                "checkpoint": share_checkpoint(opts.checkpoint), "input_root": root,
+                "output_root": output, "threshold": opts.threshold,
+                "write_seg": opts.dicom_seg, "run_id": uuid.uuid4().hex,
+                "cpus": opts.cpus_per_actor, "use_gpu": pool.use_gpu},
+            batch_size=1, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=pool.size), num_cpus=opts.cpus_per_actor,
+            num_gpus=1 if pool.use_gpu else None).take_all()
+    summary = summarize(opts, relpaths, results, time.perf_counter() - t0)
+    storage.write_bytes(storage.join(output, "predict_summary.json"),
+                        json.dumps(summary, indent=1).encode())
+    for r in summary["images"]:
+        if r["status"] != "ok":
+            log(f"predict: rejected {r['relpath']}: {r['reason']}")
+    log(f"predict: {summary['inputs']} inputs = {summary['predicted']} predicted + "
+        f"{summary['rejected']} rejected; "
+        f"{sum(1 for r in summary['images'] if r['mass_found'])} with a mass found -> {output}")
+    return summary
+
+
+def summarize(opts: PredictOptions, relpaths: list[str], results: list[dict[str, Any]],
+              wall_seconds: float) -> dict[str, Any]:
+    """predict_summary.json: counts (inputs = predicted + rejected, checked), median seconds
+    per stage, and every input's status."""
+    results = sorted(results, key=lambda r: r["relpath"])
+    ok = [r for r in results if r["status"] == "ok"]
+    rejected = [r for r in results if r["status"] != "ok"]
+    if len(ok) + len(rejected) != len(relpaths):
+        raise RuntimeError(f"predict: {len(relpaths)} inputs but {len(ok)} predicted + "
+                           f"{len(rejected)} rejected")
+    seconds = {s: float(np.median([r[f"seconds_{s}"] for r in ok])) if ok else None
+               for s in STAGES}
+    return {"inputs": len(relpaths), "predicted": len(ok), "rejected": len(rejected),
+            "threshold": opts.threshold, "dicom_seg": opts.dicom_seg,
+            "median_seconds_per_image": seconds, "wall_seconds": wall_seconds,
+            "images": [{k: r[k] for k in ("relpath", "status", "reason", "mass_found",
+                                          "lesions", "seg_written")} for r in results]}

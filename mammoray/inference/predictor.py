@@ -1,0 +1,156 @@
+"""The prediction actor: a DICOM's relative path in, its outputs written, one status row out.
+
+Each DICOM goes through the preprocessing its checkpoint was trained with (the dataset's
+parameters saved in the checkpoint), the model, and back through the geometry (resize, crop and
+flip undone, :func:`preprocessing.geometry.to_original`). A file that cannot be read gets its
+reason and no outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+from mammoray.core import storage
+from mammoray.core.timing import StageTimer
+from mammoray.inference.overlays import draw_overlay, write_png
+from mammoray.inference.seg import dicom_seg
+from mammoray.model.inputs import predict_probabilities, to_model_input
+from preprocessing.dicom_io import RejectedImage, read_dicom
+from preprocessing.geometry import to_original
+from preprocessing.transform import preprocess_image
+
+OUTPUT_SUFFIXES = ("_mask.png", "_prob.png", "_overlay.png", "_seg.dcm", ".json")
+INPUT_SUFFIXES = (".dcm", ".dicom")
+STAGES = ("read", "decode", "preprocess", "model", "back_map", "write")
+OVERLAY_MAX_SIDE = 2048
+RESULT_SCHEMA = pa.schema(
+    [("relpath", pa.string()), ("status", pa.string()), ("reason", pa.string()),
+     ("mass_found", pa.bool_()), ("lesions", pa.int64()), ("seg_written", pa.bool_())]
+    + [(f"seconds_{s}", pa.float64()) for s in STAGES])
+
+
+def stem_of(relpath: str) -> str:
+    lower = relpath.lower()
+    for suffix in INPUT_SUFFIXES:
+        if lower.endswith(suffix):
+            return relpath[: -len(suffix)]
+    return relpath
+
+
+def lesion_summary(mask: np.ndarray, prob: np.ndarray,
+                   spacing: tuple[float, float] | None) -> list[dict[str, Any]]:
+    """Connected components (8-connected) of a mask on the original grid: box (x0, y0, x1, y1,
+    end-exclusive) and area in pixels, and in mm when the pixel spacing (row, col) is known."""
+    n, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8),
+                                                                   connectivity=8)
+    peak = np.zeros(n, np.float32)  # each component's maximum probability, in one pass
+    np.maximum.at(peak, labels.ravel(), prob.ravel().astype(np.float32))
+    out = []
+    for i in range(1, n):
+        x, y, w, h, area = (int(v) for v in stats[i])
+        lesion: dict[str, Any] = {
+            "box_px": [x, y, x + w, y + h], "area_px": area,
+            "centroid_px": [round(float(centroids[i][0]), 1),
+                            round(float(centroids[i][1]), 1)],
+            "max_probability": round(float(peak[i]), 4)}
+        if spacing:
+            sr, sc = spacing
+            lesion.update(width_mm=round(w * sc, 2), height_mm=round(h * sr, 2),
+                          area_mm2=round(area * sr * sc, 2),
+                          box_mm=[round(x * sc, 2), round(y * sr, 2), round((x + w) * sc, 2),
+                                  round((y + h) * sr, 2)])
+        out.append(lesion)
+    return sorted(out, key=lambda les: -les["area_px"])
+
+
+class DicomPredictor:
+    """Ray Data actor: DICOM relative paths in, outputs written, one status row out each."""
+
+    def __init__(self, checkpoint, input_root: str, output_root: str, threshold: float,
+                 write_seg: bool, run_id: str, cpus: float = 1.0,
+                 use_gpu: bool = False) -> None:
+        from mammoray import __version__
+        from mammoray.model import checkpoint as ckpt
+        from mammoray.model.runtime import configure_tensorflow
+
+        configure_tensorflow(cpus, use_gpu)
+        with ckpt.LocalCheckpoint(checkpoint) as folder:
+            self.model, _, self.size = ckpt.load_checkpoint_model(folder)
+            self.data_cfg = ckpt.checkpoint_data_config(folder)
+        self.input_root, self.output_root = input_root, output_root
+        self.threshold, self.write_seg, self.run_id = threshold, write_seg, run_id
+        self.version = __version__
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = [self.predict(rel) for rel in batch.column("relpath").to_pylist()]
+        return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+
+    def predict(self, relpath: str) -> dict[str, Any]:
+        timer = StageTimer()
+        row: dict[str, Any] = {"relpath": relpath, "status": "ok", "reason": None,
+                               "mass_found": None, "lesions": None, "seg_written": None}
+        try:
+            with timer("read"):
+                data = storage.read_bytes(storage.join(self.input_root, relpath))
+            with timer("decode"):
+                dicom = read_dicom(data, apply_voi=self.data_cfg.apply_voi_lut)
+            row.update(self._predict_decoded(relpath, data, dicom, timer))
+        except RejectedImage as exc:
+            row.update(status="rejected", reason=str(exc))
+        except OSError as exc:
+            row.update(status="rejected", reason=f"file could not be read "
+                                                 f"({type(exc).__name__})")
+        except Exception as exc:  # one broken file must not stop the others
+            first = str(exc).splitlines()[0][:160] if str(exc) else ""
+            row.update(status="rejected", reason=f"unexpected error ({type(exc).__name__}: "
+                                                 f"{first})")
+        for stage in STAGES:
+            row[f"seconds_{stage}"] = float(timer.seconds.get(stage, 0.0))
+        return row
+
+    def _predict_decoded(self, relpath, data, dicom, timer) -> dict[str, Any]:
+        with timer("preprocess"):
+            processed = preprocess_image(dicom, None, self.data_cfg)
+            x = to_model_input(processed.image)
+        with timer("model"):
+            prob = predict_probabilities(self.model, x)[0]
+        with timer("back_map"):
+            prob_orig = np.clip(to_original(prob, processed.geometry), 0.0, 1.0)
+            mask = (prob_orig >= self.threshold).astype(np.uint8)
+            lesions = lesion_summary(mask, prob_orig, dicom.pixel_spacing)
+        with timer("write"):
+            base = storage.join(self.output_root, stem_of(relpath))
+            write_png(base + "_prob.png", np.rint(prob_orig * 255).astype(np.uint8))
+            write_png(base + "_mask.png", mask * 255, bilevel=True)
+            write_png(base + "_overlay.png", draw_overlay(dicom.pixels, mask,
+                                                          max_side=OVERLAY_MAX_SIDE))
+            seg_written, seg_error = False, None
+            if self.write_seg:
+                try:
+                    storage.write_bytes(base + "_seg.dcm", dicom_seg(
+                        data, mask, run_id=self.run_id, software_version=self.version))
+                    seg_written = True
+                except Exception as exc:  # the PNGs and JSON are still useful
+                    seg_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            summary = {
+                "image": os.path.basename(relpath), "mass_found": bool(lesions),
+                "lesion_count": len(lesions), "lesions": lesions,
+                "threshold": self.threshold,
+                "original_size": [int(mask.shape[0]), int(mask.shape[1])],
+                "pixel_spacing_mm": list(dicom.pixel_spacing) if dicom.pixel_spacing else None,
+                "model_input_size": self.size, "flipped": processed.geometry.flipped,
+                "breast_box_px": list(processed.geometry.crop),
+                "outputs": [os.path.basename(base) + s for s in OUTPUT_SUFFIXES
+                            if s != "_seg.dcm" or seg_written],
+                "dicom_seg_error": seg_error,
+            }
+            storage.write_bytes(base + ".json", json.dumps(summary, indent=1).encode())
+        return {"mass_found": bool(lesions), "lesions": len(lesions),
+                "seg_written": seg_written}
+

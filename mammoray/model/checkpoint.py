@@ -1,0 +1,159 @@
+"""The checkpoint format, in one place: written by training, published as ``<output>/best``,
+read by evaluation and prediction, shipped to inference actors on any node.
+
+A checkpoint folder holds:
+- ``model.keras``: the Keras model (``keras.models.load_model`` opens it);
+- ``config.json``: ``{"config": the resolved experiment config, "size": input side,
+  "preprocessing": the dataset's preprocessing parameters}``: what ``jobs.predict`` applies
+  to new DICOMs;
+- in Ray Train's checkpoints only (to resume): ``state.npz`` (model and optimizer variables)
+  and ``history.json`` (the epochs so far).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from mammoray.core.config import ConfigError, DataConfig, ExperimentConfig, config_from_dict
+
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "config.json"
+STATE_FILE = "state.npz"
+HISTORY_FILE = "history.json"
+PUBLISHED_FILES = (MODEL_FILE, CONFIG_FILE)
+
+
+# ------------------------------------------------------------------------------ writing
+
+def write_checkpoint(folder: str, model, config: dict[str, Any], size: int,
+                     preprocessing: dict[str, Any] | None) -> None:
+    """The published part of a checkpoint: the Keras model file and config.json."""
+    model.save(os.path.join(folder, MODEL_FILE))
+    with open(os.path.join(folder, CONFIG_FILE), "w") as fh:
+        json.dump({"config": config, "size": size, "preprocessing": preprocessing}, fh,
+                  indent=1)
+
+
+def save_state(folder: str, model, optimizer, history: list[dict[str, Any]]) -> None:
+    """What a resumed run needs besides the model: model and optimizer variables, history."""
+    arrays = {f"m{i}": np.asarray(w) for i, w in enumerate(model.get_weights())}
+    arrays.update({f"o{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)})
+    np.savez(os.path.join(folder, STATE_FILE), **arrays)
+    with open(os.path.join(folder, HISTORY_FILE), "w") as fh:
+        json.dump(history, fh)
+
+
+def load_state(folder: str, model, optimizer) -> list[dict[str, Any]]:
+    """Restore what :func:`save_state` wrote into a built model and optimizer; returns the
+    history."""
+    with np.load(os.path.join(folder, STATE_FILE)) as state:
+        model.set_weights([state[f"m{i}"] for i in range(len(model.get_weights()))])
+        optimizer.build(model.trainable_variables)
+        for i, var in enumerate(optimizer.variables):
+            var.assign(state[f"o{i}"])
+    return read_history(folder)
+
+
+def read_history(folder: str) -> list[dict[str, Any]]:
+    with open(os.path.join(folder, HISTORY_FILE)) as fh:
+        return json.load(fh)
+
+
+def publish_best(checkpoint_folder: str, output: str) -> str:
+    """Copy a checkpoint's model and config to ``<output>/best``, atomically (written aside,
+    then renamed); returns the published folder."""
+    final = os.path.join(output, "best")
+    partial = final + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial)
+    for name in PUBLISHED_FILES:
+        shutil.copy2(os.path.join(checkpoint_folder, name), os.path.join(partial, name))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(partial, final)
+    return final
+
+
+# ------------------------------------------------------------------------------ reading
+
+def check_checkpoint(path: str) -> dict[str, Any]:
+    """The checkpoint's config.json, or a clear error naming --checkpoint."""
+    missing = [f for f in PUBLISHED_FILES if not os.path.isfile(os.path.join(path, f))]
+    if missing:
+        raise ConfigError(f"--checkpoint {path}: not a checkpoint folder (missing "
+                          f"{', '.join(missing)}); give <train output>/best")
+    with open(os.path.join(path, CONFIG_FILE)) as fh:
+        return json.load(fh)
+
+
+def load_checkpoint_model(path: str):
+    """(Keras model, ExperimentConfig, input size) of a checkpoint folder."""
+    import keras
+
+    with open(os.path.join(path, CONFIG_FILE)) as fh:
+        meta = json.load(fh)
+    model = keras.models.load_model(os.path.join(path, MODEL_FILE), compile=False)
+    return model, config_from_dict(meta["config"]), int(meta["size"])
+
+
+def checkpoint_data_config(path: str) -> DataConfig:
+    """The preprocessing settings of the dataset a checkpoint was trained on (dataset.json's
+    parameters, saved with the checkpoint): what jobs.predict applies to new DICOMs."""
+    with open(os.path.join(path, CONFIG_FILE)) as fh:
+        meta = json.load(fh)
+    params = meta.get("preprocessing") or meta["config"]["data"]
+    # Only what shapes an image; paths and sources (whose test lists are not written) stay.
+    known = {f.name for f in dataclasses.fields(DataConfig)} - {"sources", "input", "output",
+                                                                 "overwrite"}
+    return config_from_dict({"data": {k: v for k, v in params.items() if k in known}}).data
+
+
+def checkpoint_config(path: str) -> ExperimentConfig:
+    """The experiment config a checkpoint was trained with."""
+    with open(os.path.join(path, CONFIG_FILE)) as fh:
+        return config_from_dict(json.load(fh)["config"])
+
+
+# ---------------------------------------------------------------- shipping to actors
+
+def share_checkpoint(path: str):
+    """The checkpoint's published files in Ray's object store: actors on any node load it from
+    there, while the folder itself is usually on the driver's node only (where the training job
+    wrote it)."""
+    import ray
+
+    files = {}
+    for name in PUBLISHED_FILES:
+        with open(os.path.join(path, name), "rb") as fh:
+            files[name] = fh.read()
+    return ray.put(files)
+
+
+class LocalCheckpoint:
+    """``with LocalCheckpoint(shared) as folder:`` a temporary local copy of a shared
+    checkpoint (an object reference from :func:`share_checkpoint`, or a folder path)."""
+
+    def __init__(self, shared) -> None:
+        self.shared, self.folder = shared, None
+
+    def __enter__(self) -> str:
+        import ray
+
+        if isinstance(self.shared, str):
+            return self.shared
+        files = ray.get(self.shared) if isinstance(self.shared, ray.ObjectRef) else self.shared
+        self.folder = tempfile.mkdtemp(prefix="mammoray-ckpt-")
+        for name, data in files.items():
+            with open(os.path.join(self.folder, name), "wb") as fh:
+                fh.write(data)
+        return self.folder
+
+    def __exit__(self, *exc) -> None:
+        if self.folder:
+            shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,232 @@
+"""The per-worker training loop (runs in each Ray Train worker), in named steps as in Ray's own
+``train_func`` examples: build the replica, then per epoch train one epoch, validate one epoch,
+report (with a checkpoint from rank 0).
+
+Why a custom training loop: Keras 3's ``model.fit`` fails under MultiWorkerMirroredStrategy
+(keras-team/keras#20585, ray-project/ray#47464); see docs/decisions.md. The loop uses only
+stable APIs: ``strategy.run`` of a ``tf.function`` step with ``tf.GradientTape``, gradients
+all-reduced by the optimizer under the strategy, and ``strategy.reduce`` for metric sums.
+
+Batches: each worker reads its shard of the training rows (Ray Train splits the dataset
+equally; the last incomplete batch is dropped, so every worker runs the same number of steps,
+which the per-step all-reduce requires). ``train.batch_size`` is per worker: the global batch
+is ``batch_size x num_workers``, and the loss is scaled by 1 / num_workers so the summed
+gradients are those of the global mean. Every worker evaluates the whole validation split.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mammoray.core import faults
+from mammoray.core.config import TrainConfig, config_from_dict
+from mammoray.model import checkpoint as ckpt
+from mammoray.model.metrics import SUM_NAMES, MetricSums
+
+# A step's output vector: the batch loss (or loss x images for validation), then SUM_NAMES.
+STEP_WIDTH = 1 + len(SUM_NAMES)
+
+
+def learning_rate_at(tcfg: TrainConfig, epoch: int) -> float:
+    """The learning rate of ``epoch`` (0-based) under ``train.lr_schedule``. Set at the start
+    of each epoch, so a resumed run continues the same schedule."""
+    if tcfg.lr_schedule == "constant" or tcfg.epochs == 1:
+        return tcfg.learning_rate
+    low = tcfg.learning_rate * tcfg.min_lr_fraction
+    progress = min(1.0, epoch / (tcfg.epochs - 1))
+    return low + 0.5 * (tcfg.learning_rate - low) * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class Replica:
+    """One worker's model replica and its compiled steps."""
+
+    model: Any
+    optimizer: Any
+    strategy: Any
+    train_step: Any   # (x, y) -> [loss, *sums] of this replica's batch
+    eval_step: Any    # (x, y) -> [loss x images, *sums]
+    all_reduce: Any   # np vector -> the element-wise sum over all workers
+
+    def set_learning_rate(self, rate: float) -> None:
+        getattr(self.optimizer, "inner_optimizer", self.optimizer).learning_rate.assign(rate)
+
+
+def build_replica(cfg, size: int) -> Replica:
+    """Strategy, dtype policy, U-Net and Adam under the strategy's scope, and the tf.function
+    steps (the loss scaled for the global batch; float16 also scales it against underflow)."""
+    import keras
+    import tensorflow as tf
+
+    from mammoray.model.losses import LOSSES
+    from mammoray.model.metrics import sums_tf
+    from mammoray.model.runtime import precision_policy
+    from mammoray.model.unet import build_unet
+
+    tcfg = cfg.train
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    policy = precision_policy(tcfg)
+    keras.mixed_precision.set_global_policy(policy)
+    mixed = policy == "mixed_float16"  # float16 needs loss scaling; bfloat16 does not
+    keras.utils.set_random_seed(tcfg.seed)
+    with strategy.scope():
+        model = build_unet(cfg.model, size)
+        optimizer = keras.optimizers.Adam(tcfg.learning_rate)
+        if mixed:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    loss_fn = LOSSES[tcfg.loss]
+
+    @tf.function
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            prob = model(x, training=True)
+            loss = loss_fn(y, prob)
+            scaled = loss / strategy.num_replicas_in_sync
+            if mixed:
+                scaled = optimizer.scale_loss(scaled)
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return tf.concat([[loss], sums_tf(y, prob)], axis=0)
+
+    @tf.function
+    def eval_step(x, y):
+        prob = model(x, training=False)
+        images = tf.cast(tf.shape(x)[0], tf.float32)
+        return tf.concat([[loss_fn(y, prob) * images], sums_tf(y, prob)], axis=0)
+
+    @tf.function
+    def _all_reduce(value):
+        return strategy.reduce(tf.distribute.ReduceOp.SUM,
+                               strategy.run(tf.identity, args=(value,)), axis=None)
+
+    def all_reduce(vector: np.ndarray) -> np.ndarray:
+        return _all_reduce(tf.constant(vector, tf.float32)).numpy().astype(np.float64)
+
+    return Replica(model, optimizer, strategy, train_step, eval_step, all_reduce)
+
+
+def restore(replica: Replica) -> list[dict[str, Any]]:
+    """The history so far, with model and optimizer restored from Ray Train's checkpoint when
+    this run resumes (a restarted worker group, or a run started again with the same name)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
+        return []
+    with checkpoint.as_directory() as folder:
+        with replica.strategy.scope():
+            return ckpt.load_state(folder, replica.model, replica.optimizer)
+
+
+def train_one_epoch(replica: Replica, shard, tcfg: TrainConfig, size: int,
+                    epoch: int) -> tuple[float, MetricSums, float]:
+    """One pass over this worker's shard; returns (mean loss, metric sums, seconds), both
+    all-reduced over the workers."""
+    import tensorflow as tf
+
+    from mammoray.model.inputs import decode_rows
+
+    t0 = time.time()
+    total = np.zeros(STEP_WIDTH)
+    steps = 0
+    for batch in shard.iter_batches(batch_size=tcfg.batch_size, batch_format="numpy",
+                                    drop_last=True, local_shuffle_buffer_size=64,
+                                    local_shuffle_seed=tcfg.seed + epoch):
+        x, y = decode_rows(batch["image"], batch["mask"], size)
+        out = replica.strategy.run(replica.train_step, args=(tf.constant(x), tf.constant(y)))
+        total += replica.strategy.experimental_local_results(out)[0].numpy()
+        steps += 1
+    seconds = time.time() - t0
+    # Loss: the mean over all workers' steps; sums: all workers' images.
+    reduced = replica.all_reduce(np.concatenate([[total[0], steps], total[1:]]))
+    return float(reduced[0] / max(1.0, reduced[1])), MetricSums.from_vector(reduced[2:]), seconds
+
+
+def validate_one_epoch(replica: Replica, val_data, tcfg: TrainConfig,
+                       size: int) -> tuple[float, MetricSums]:
+    """The whole validation split on this worker; returns (mean loss, metric sums)."""
+    import tensorflow as tf
+
+    from mammoray.model.inputs import decode_rows
+
+    total = np.zeros(STEP_WIDTH)
+    for batch in val_data.iter_batches(batch_size=tcfg.batch_size, batch_format="numpy"):
+        x, y = decode_rows(batch["image"], batch["mask"], size)
+        total += replica.eval_step(tf.constant(x), tf.constant(y)).numpy()
+    sums = MetricSums.from_vector(total[1:])
+    return float(total[0] / max(1.0, sums.images)), sums
+
+
+def epoch_metrics(epoch: int, history: list[dict[str, Any]], train: tuple, val: tuple,
+                  tcfg: TrainConfig, t0: float, started: float) -> dict[str, Any]:
+    """The epoch's row of history.csv (and what Ray Train, Tune and ASHA see)."""
+    (loss, train_sums, train_seconds), (val_loss, val_sums) = train, val
+    metrics: dict[str, Any] = {
+        "epoch": epoch + 1, "loss": loss, "val_loss": val_loss,
+        "train_images": int(train_sums.images), "val_images": int(val_sums.images),
+        "train_seconds": round(train_seconds, 3),
+        "learning_rate": learning_rate_at(tcfg, epoch),
+        "seconds": round(time.time() - t0, 2), "time": round(time.time(), 3),
+        "worker_started": round(started, 3)}
+    metrics.update(train_sums.result())
+    metrics.update({f"val_{k}": v for k, v in val_sums.result().items()})
+    # Ray keeps checkpoints by val_score; a NaN (no mass in validation) must still compare.
+    metrics["val_score"] = (metrics["val_iou"] if not math.isnan(metrics["val_iou"])
+                            else -metrics["val_loss"])
+    # The best so far: what a search ranks trials by (a trial that peaked early is not judged
+    # by a worse last epoch).
+    metrics["best_val_score"] = max([h["val_score"] for h in history] + [metrics["val_score"]])
+    return metrics
+
+
+def report_epoch(replica: Replica, metrics: dict[str, Any], history: list[dict[str, Any]],
+                 config: dict[str, Any], size: int, rank: int) -> None:
+    """``ray.train.report`` on every worker (it is a barrier); rank 0 adds the checkpoint."""
+    import ray.train
+
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        ckpt.write_checkpoint(folder, replica.model, config["config"], size,
+                              config.get("preprocessing"))
+        ckpt.save_state(folder, replica.model, replica.optimizer, history)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """The Ray Train worker function. ``config``: ``config`` (the experiment config as a dict),
+    ``size`` (input side), ``preprocessing`` (the dataset's parameters, saved with checkpoints)
+    and ``faults`` (:mod:`mammoray.core.faults`, tests only)."""
+    started = time.time()
+    import ray.train
+
+    from mammoray.model.runtime import configure_tensorflow
+
+    cfg = config_from_dict(config["config"])
+    size, tcfg = int(config["size"]), cfg.train
+    configure_tensorflow(tcfg.cpus_per_worker, tcfg.use_gpu)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    print(f"train: worker rank {rank} of {world} on node "
+          f"{ray.get_runtime_context().get_node_id()[:12]} ({ray.util.get_node_ip_address()})",
+          flush=True)
+    replica = build_replica(cfg, size)
+    history = restore(replica)
+    shard, val_data = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    injected = config.get("faults") or []
+    for epoch in range(len(history), tcfg.epochs):
+        replica.set_learning_rate(learning_rate_at(tcfg, epoch))
+        if injected:
+            faults.fire(injected, "train.epoch", epoch=epoch + 1, rank=rank)
+        t0 = time.time()
+        train = train_one_epoch(replica, shard, tcfg, size, epoch)
+        val = validate_one_epoch(replica, val_data, tcfg, size)
+        history.append(epoch_metrics(epoch, history, train, val, tcfg, t0, started))
+        report_epoch(replica, history[-1], history, config, size, rank)

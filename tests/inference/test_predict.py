@@ -1,0 +1,124 @@
+"""jobs.predict on a real local Ray and real DICOM files, with the fixed-weight checkpoint of
+``conftest.fixed_checkpoint``: masks on the original grid against a direct computation, the
+DICOM SEG against the PNG mask, broken files reported."""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from mammoray.core.config import ConfigError, RayConfig
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def world(fixed_checkpoint, local_ray):
+    return fixed_checkpoint
+
+
+def test_predict_folder_with_broken_files(world, tmp_path):
+    import highdicom as hd
+    import pydicom
+
+    from mammoray.inference.job import PredictOptions, run_prediction
+    from mammoray.model.checkpoint import checkpoint_data_config, load_checkpoint_model
+    from mammoray.model.inputs import predict_probabilities, to_model_input
+    from preprocessing.dicom_io import read_dicom
+    from preprocessing.geometry import to_original
+    from preprocessing.sources import scan_folder
+    from preprocessing.transform import preprocess_image
+
+    base, ckpt = world
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    names = ["patient_0000/L_CC.dcm", "patient_0000/R_MLO.dcm", "patient_0001/L_MLO.dcm"]
+    for name in names:
+        (folder / os.path.dirname(name)).mkdir(exist_ok=True)
+        shutil.copy(base / "raw" / name, folder / name)
+    (folder / "notes.dcm").write_bytes(b"not a DICOM file at all\n" * 10)
+    good = (base / "raw" / names[0]).read_bytes()
+    (folder / "truncated.dcm").write_bytes(good[: len(good) // 2])
+    (folder / "readme.txt").write_text("ignored: not a DICOM name")
+
+    summary = run_prediction(PredictOptions(checkpoint=str(ckpt), input=str(folder)),
+                             RayConfig(), log=lambda _: None)
+    assert summary["inputs"] == 5 and summary["predicted"] == 3 and summary["rejected"] == 2
+    by_path = {r["relpath"]: r for r in summary["images"]}
+    assert "not a DICOM" in by_path["notes.dcm"]["reason"]
+    assert by_path["truncated.dcm"]["status"] == "rejected" and by_path["truncated.dcm"]["reason"]
+    assert not glob.glob(str(folder / "notes*.png"))
+
+    model, _, size = load_checkpoint_model(str(ckpt))
+    cfg = checkpoint_data_config(str(ckpt))
+    for name in names:
+        stem = str(folder / name[:-4])
+        data = (folder / name).read_bytes()
+        src = pydicom.dcmread(io.BytesIO(data))
+        mask = cv2.imread(stem + "_mask.png", cv2.IMREAD_UNCHANGED)
+        assert mask.shape == (src.Rows, src.Columns)
+        # The same result computed here, without Ray.
+        dicom = read_dicom(data)
+        p = preprocess_image(dicom, None, cfg)
+        prob = predict_probabilities(model, to_model_input(p.image))[0]
+        expected = np.clip(to_original(prob, p.geometry), 0, 1) >= 0.5
+        np.testing.assert_array_equal(mask > 0, expected)
+        assert 0 < expected.sum() < expected.size  # a real outline, not all or nothing
+        prob_png = cv2.imread(stem + "_prob.png", cv2.IMREAD_UNCHANGED)
+        assert prob_png.shape == mask.shape and prob_png.dtype == np.uint8
+        overlay = cv2.imread(stem + "_overlay.png")
+        assert overlay.shape[:2] == mask.shape  # under 2048 px: not shrunk
+        with open(stem + ".json") as fh:
+            info = json.load(fh)
+        n_components = cv2.connectedComponents((mask > 0).astype(np.uint8), connectivity=8)[0] - 1
+        assert info["lesion_count"] == n_components and info["mass_found"] == (n_components > 0)
+        sr, sc = dicom.pixel_spacing
+        biggest = info["lesions"][0]
+        assert biggest["area_mm2"] == pytest.approx(biggest["area_px"] * sr * sc, abs=0.01)
+        # The DICOM SEG references the source and holds exactly the PNG mask.
+        seg = hd.seg.segread(stem + "_seg.dcm")
+        assert (src.StudyInstanceUID, src.SeriesInstanceUID, src.SOPInstanceUID) in \
+            seg.get_source_image_uids()
+        assert seg.FrameOfReferenceUID == src.FrameOfReferenceUID
+        assert seg.SegmentSequence[0].SegmentLabel == "breast mass"
+        assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "4147007"
+        pixels = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=[src.SOPInstanceUID], segment_numbers=[1])
+        np.testing.assert_array_equal(pixels[0, ..., 0] > 0, mask > 0)
+        # Prediction outputs carry no patient field (the SEG, by DICOM's rules, does).
+        for suffix in ("_mask.png", "_prob.png", "_overlay.png", ".json"):
+            blob = open(stem + suffix, "rb").read()
+            assert str(src.PatientName).encode() not in blob
+            assert str(src.PatientID).encode() not in blob
+
+    # The prediction folder is itself a folder-format dataset: masks found, SEGs skipped.
+    found = {i.relpath: i for i in scan_folder(str(folder), "folder")}
+    assert set(found) == {*names, "notes.dcm", "truncated.dcm"}
+    assert all(found[n].mask and found[n].mask["path"].endswith(n[:-4] + "_mask.png")
+               for n in names)
+    # Predicting again would replace those masks: refused before any work.
+    with pytest.raises(ConfigError, match="prediction file.* already exist.*--overwrite"):
+        run_prediction(PredictOptions(checkpoint=str(ckpt), input=str(folder)), RayConfig())
+
+
+def test_predict_bad_arguments(world, tmp_path):
+    from mammoray.inference.job import PredictOptions, run_prediction
+
+    _, ckpt = world
+    with pytest.raises(ConfigError, match="--input .*no such file or folder"):
+        run_prediction(PredictOptions(checkpoint=str(ckpt), input=str(tmp_path / "nope")),
+                       RayConfig())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="--input .*no DICOM files"):
+        run_prediction(PredictOptions(checkpoint=str(ckpt), input=str(tmp_path / "empty")),
+                       RayConfig())
+    with pytest.raises(ConfigError, match="--threshold 0"):
+        run_prediction(PredictOptions(checkpoint=str(ckpt), input=str(tmp_path),
+                                      threshold=0.0), RayConfig())

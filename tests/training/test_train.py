@@ -1,0 +1,159 @@
+"""Ray Train on a real local Ray (2 CPUs): 2 workers under MultiWorkerMirroredStrategy."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import preprocessed
+
+from mammoray.core.config import ConfigError, config_from_dict
+
+pytestmark = pytest.mark.ray
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, local_ray):
+    base = tmp_path_factory.mktemp("train")
+    preprocessed(base, patients=6, seed=4, size=SIZE)
+    return base
+
+
+def train_cfg(base, output, **train):
+    return config_from_dict({
+        "model": {"levels": 3, "base_filters": 8},
+        "train": {"data": str(base / "ds"), "output": str(output), "epochs": 3,
+                  "batch_size": 2, "num_workers": 2, "learning_rate": 0.003, "loss": "bce",
+                  **train}})
+
+
+def history(output):
+    with open(os.path.join(output, "history.csv")) as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    from mammoray.training.trainer import run_training
+
+    out = data / "run"
+    summary = run_training(train_cfg(data, out), log=lambda _: None)
+    return out, summary, history(out)
+
+
+def test_split_rows_equal_the_parquet_files(data):
+    """The V1-reader read of one split holds exactly that split's rows of the dataset's files,
+    and leaves Ray Data's reader switch as it was."""
+    import pyarrow.parquet as pq
+    import ray
+
+    from mammoray.core.dataset import split_dataset
+
+    table = pq.read_table(data / "ds" / "data", columns=["image", "mask", "split"])
+    before = ray.data.DataContext.get_current().use_datasource_v2
+    for split in ("train", "val"):
+        want = sorted(bytes(r["image"]) + bytes(r["mask"]) for r in table.to_pylist()
+                      if r["split"] == split)
+        got = sorted(bytes(r["image"]) + bytes(r["mask"])
+                     for r in split_dataset(str(data / "ds"), split).take_all())
+        assert want and got == want
+    assert ray.data.DataContext.get_current().use_datasource_v2 == before
+
+
+def test_two_workers_loss_falls(trained):
+    out, summary, rows = trained
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    losses = [float(r["loss"]) for r in rows]
+    assert losses[-1] < losses[0]
+    for r in rows:
+        assert 0.0 <= float(r["val_pixel_accuracy"]) <= 1.0
+        assert 0.0 <= float(r["val_dice"]) <= 1.0 and 0.0 <= float(r["dice"]) <= 1.0
+    assert os.path.exists(out / "curves.png") and os.path.getsize(out / "curves.png") > 10000
+    assert summary["epochs"] == 3 and 1 <= summary["best_epoch"] <= 3
+
+
+def test_best_checkpoint_reloads_and_predicts_like_its_weights(trained):
+    import keras
+
+    from mammoray.core.config import ModelConfig
+    from mammoray.model.checkpoint import load_checkpoint_model
+    from mammoray.model.unet import build_unet
+
+    out, summary, _ = trained
+    model, cfg, size = load_checkpoint_model(str(out / "best"))
+    assert size == SIZE and cfg.model.levels == 3
+    same = keras.models.load_model(str(out / "best" / "model.keras"), compile=False)
+    # The best epoch's saved state, loaded into a freshly built model, predicts the same.
+    states = [d for d in glob.glob(str(out / "ray_results" / "*" / "checkpoint_*"))
+              if os.path.isdir(d) and len(json.load(open(os.path.join(d, "history.json"))))
+              == summary["best_epoch"]]
+    assert len(states) == 1
+    # Built under the checkpoint's dtype policy (bfloat16 compute on CPUs that have it).
+    policy = model.get_layer("enc0_conv1").dtype_policy.name
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        fresh = build_unet(ModelConfig(levels=3, base_filters=8), SIZE)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    with np.load(os.path.join(states[0], "state.npz")) as state:
+        fresh.set_weights([state[f"m{i}"] for i in range(len(fresh.get_weights()))])
+    x = np.random.default_rng(0).random((2, SIZE, SIZE, 1)).astype("float32")
+    np.testing.assert_allclose(model.predict(x, verbose=0), fresh.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), same.predict(x, verbose=0))
+
+
+def test_resume_continues_from_the_latest_checkpoint(data, trained):
+    from mammoray.training.trainer import run_training
+
+    out, _, first = trained
+    run_training(train_cfg(data, out, epochs=4), log=lambda _: None)
+    rows = history(out)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert [r["loss"] for r in rows[:3]] == [r["loss"] for r in first]
+
+
+@pytest.mark.slow
+def test_a_killed_worker_recovers_from_the_checkpoint(data, monkeypatch, tmp_path):
+    from mammoray.core import faults
+    from mammoray.training.trainer import run_training
+
+    fault = tmp_path / "fault"
+    monkeypatch.setenv(faults.ENV, json.dumps([{"at": "train.epoch", "action": "crash",
+                                                "dir": str(fault), "epoch": 2, "rank": 1}]))
+    out = data / "crash"
+    summary = run_training(train_cfg(data, out, max_failures=1), log=lambda _: None)
+    # Worker 1 reached epoch 2 twice: it died there once, then the restarted group resumed
+    # from epoch 1's checkpoint and went on.
+    assert sorted(os.listdir(fault)) == ["arrival-1", "arrival-2", "fired"]
+    assert [int(r["epoch"]) for r in history(out)] == [1, 2, 3]
+    assert summary["epochs"] == 3
+
+
+def test_model_that_does_not_fit_the_data(data):
+    from mammoray.training.trainer import run_training
+
+    cfg = config_from_dict({"model": {"levels": 8},
+                            "train": {"data": str(data / "ds"), "output": str(data / "x")}})
+    with pytest.raises(ConfigError, match=r"model.levels: 8 levels need an input size "
+                                          r"divisible by 2\^7 = 128; the data is 64 x 64"):
+        run_training(cfg)
+    assert not (data / "x").exists()
+
+
+def test_cli_dry_run_and_errors(data, capsys):
+    from jobs import train
+
+    assert train.main(["--dry-run", "--data", str(data / "ds")]) == 0
+    assert "trainable parameters: 31030593" in capsys.readouterr().out
+    assert train.main(["--data", str(data / "nope"), "--output", str(data / "o")]) == 2
+    assert "no dataset.json" in capsys.readouterr().err
+    cfg = data / "bad.yaml"
+    cfg.write_text("train:\n  epoch: 3\n")
+    assert train.main(["--config", str(cfg)]) == 2
+    assert "train.epoch: unknown key" in capsys.readouterr().err
