@@ -17,7 +17,10 @@ largest USS (and RSS) of any Ray worker process, sampled every 50 ms in separate
 (the sampling itself costs a quarter of a core).
 
 The benchmark re-executes itself with the preprocessing workers' allocator settings
-(``mammoray.core.ray_session.WORKER_ENV``) so that (a), (b) and (c) run alike.
+(``mammoray.core.ray_session.WORKER_ENV``) so that (a), (b) and (c) run alike. (e): the
+per-image cost of the robustness steps, on one core: the whole crop (the seed study), only the
+breast (the default), and the side judged from the image (``--only-robustness`` runs (a) and
+(e) alone).
 
 Prints a table and writes ``benchmarks/results/preprocess.json``. The synthetic data is cached
 in ``benchmarks/data/`` (generated on first use; about 10 MB per image).
@@ -149,6 +152,46 @@ class WorkerMemory:
         self._thread.join()
 
 
+ROBUSTNESS_VARIANTS = {
+    # The seed study's behaviour: the whole crop, the side from the header.
+    "whole crop": {"breast_only": False},
+    # The default: only the breast (labels, markers and film edges set to background).
+    "breast only (default)": {},
+    # The default with the side judged from the image (scanned film without a header).
+    "breast only, side from the image": {"orientation": "image"},
+}
+
+
+def bench_robustness(recs: list[dict], size: int) -> dict[str, dict]:
+    """(e) Per image, one core (OpenCV 1 thread, as a 1-CPU task): the loop of (b) with each of
+    ROBUSTNESS_VARIANTS, alternately image by image so the machine's noise hits all alike."""
+    cv2.setNumThreads(1)
+    cfgs = {name: config_from_dict({"data": {"size": size, **over}}).data
+            for name, over in ROBUSTNESS_VARIANTS.items()}
+    timers = {name: StageTimer() for name in cfgs}
+    times: dict[str, list[float]] = {name: [] for name in cfgs}
+    for rec in recs:
+        for name, cfg in cfgs.items():
+            t0 = time.perf_counter()
+            row = process_record(rec, cfg, timer=timers[name])
+            times[name].append(time.perf_counter() - t0)
+            assert row["status"] == "ok", row["reason"]
+    return {name: {"median_ms": 1000 * statistics.median(times[name]),
+                   "stage_ms_per_image": {k: 1000 * v / len(recs)
+                                          for k, v in timers[name].seconds.items()}}
+            for name in cfgs}
+
+
+def print_robustness(rob: dict[str, dict]) -> None:
+    base = rob["whole crop"]["median_ms"]
+    print("(e) robustness per image, 1 core: " + "; ".join(
+        f"{name} {r['median_ms']:.0f} ms ({r['median_ms'] / base:.2f}x)"
+        for name, r in rob.items()))
+    for name, r in rob.items():
+        print(f"    {name}: " + ", ".join(f"{k} {v:.1f}"
+                                          for k, v in r["stage_ms_per_image"].items()))
+
+
 def bench_augment(size: int, copies: int = 24) -> float:
     """Copies per second of the pure augmentation function on one core (OpenCV 1 thread)."""
     import numpy as np
@@ -248,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=3000)
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--data", default=os.path.join(REPO, "benchmarks", "data"))
+    p.add_argument("--only-robustness", action="store_true",
+                   help="run (a) and (e) only (a few minutes), into <json stem>.robustness.json")
     p.add_argument("--json", default=os.path.join(REPO, "benchmarks", "results",
                                                   "preprocess.json"))
     args = p.parse_args(argv)
@@ -261,6 +306,18 @@ def main(argv: list[str] | None = None) -> int:
     for rec in recs:
         storage.read_bytes(rec["dicom_path"])
     cfg = config_from_dict({"data": {"size": args.size}}).data
+    if args.only_robustness:
+        decode = bench_decode(recs)
+        rob = bench_robustness(recs, args.size)
+        out = {"a_decode": {"median_ms": 1000 * statistics.median(decode)}, "e_robustness": rob}
+        path = os.path.splitext(args.json)[0] + ".robustness.json"
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as fh:
+            json.dump(out, fh, indent=2)
+        print(f"(a) decode only: {out['a_decode']['median_ms']:.0f} ms per image")
+        print_robustness(rob)
+        print(f"wrote {path}")
+        return 0
 
     decode = bench_decode(recs)
     threads = cv2.getNumThreads()
@@ -278,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         ray_runs += bench_ray([(small, args.images), (full, args.large)], warmup, work,
                               args.size, cpus)
 
+    print("robustness ...", flush=True)
+    rob = bench_robustness(recs, args.size)
     print("augmentation ...", flush=True)
     aug_pure = bench_augment(args.size)
     aug_ray = bench_ray_augment(small, warmup, work, args.size, copies=4)
@@ -307,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         "c_ray": ray_runs,
         "c_steady_images_per_s": steady,
         "d_augment": {"pure_copies_per_s_1_thread": aug_pure, "ray": aug_ray},
+        "e_robustness": rob,
         "ratios": {"ray2_steady_over_loop": steady[2] / loop_rate,
                    "ray1_steady_over_loop": steady[1] / loop_rate,
                    "ray2_steady_over_loop_1_thread": steady[2] / loop1_rate,
@@ -349,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(d) Ray Data, 2 CPUs, {aug_ray['images']} images x {aug_ray['copies_per_image']} "
           f"copies: {aug_ray['seconds_with']:.1f} s vs {aug_ray['seconds_without']:.1f} s "
           f"without = {aug_ray['copies_per_s_per_cpu']:.1f} copies/s per CPU")
+    print_robustness(rob)
     print("stages of (b), mean ms per image: " + ", ".join(
         f"{k} {v:.0f}" for k, v in stages.items()))
     print("stages of (b) at 1 thread:        " + ", ".join(

@@ -1,10 +1,12 @@
 """Write a synthetic mammography dataset (DICOM + masks) in a real dataset layout.
 
     python -m jobs.synthesize --output DIR [--format folder|cbis-ddsm|inbreast] [--patients N]
-        [--seed N] [--height H --width W] [--film] [--transfer-syntax NAME|mixed] [--defects]
+        [--seed N] [--height H --width W] [--film | --scanned-film]
+        [--transfer-syntax NAME|mixed] [--defects]
 
 cbis-ddsm and inbreast write those datasets' real layouts with their traps (scanned film for
-CBIS-DDSM, digital for INbreast; --film and --defects apply to the folder format).
+CBIS-DDSM, digital for INbreast; --film, --scanned-film and --defects apply to the folder
+format).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--width", type=int, default=416, help="image columns (full field: 3328)")
     p.add_argument("--film", action="store_true", help="scanned-film look: 16-bit, labels, "
                    "bright borders, tape (CBIS-DDSM-like)")
+    p.add_argument("--scanned-film", action="store_true",
+                   help="film digitised with background margins on every side, labels and "
+                        "lead markers anywhere (inside the breast's box included), no "
+                        "orientation or laterality in the header; truth/ keeps the label "
+                        "pixels and the breast")
     p.add_argument("--transfer-syntax", default="explicit-le",
                    help="mixed, or one of: " + ", ".join(dicom_write.TRANSFER_SYNTAXES))
     p.add_argument("--monochrome1-fraction", type=float, default=0.15,
@@ -68,6 +75,7 @@ def options_from_args(args: argparse.Namespace) -> FolderOptions | SynthOptions:
                              transfer_syntax=args.transfer_syntax)
     return FolderOptions(output=os.path.abspath(args.output), patients=args.patients,
                          seed=args.seed, height=args.height, width=args.width, film=args.film,
+                         scanned=args.scanned_film,
                          transfer_syntax=args.transfer_syntax,
                          monochrome1_fraction=args.monochrome1_fraction, defects=args.defects,
                          workers=max(1, args.workers))

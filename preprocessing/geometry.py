@@ -25,6 +25,10 @@ _CHEST_WALL_LEFT = {"A": True, "P": False}
 _LATERALITY_CHEST_WALL_LEFT = {"L": True, "R": False}
 
 
+ALL_SIDES = ("top", "bottom", "left", "right")
+NON_CHEST_WALL_SIDES = ("top", "bottom", "right")
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Everything needed to map a (size, size) output back onto the original grid."""
@@ -37,19 +41,35 @@ class Geometry:
     pad_to_square: bool
 
 
-def chest_wall_left_from_image(image: np.ndarray) -> bool:
-    """True if the breast's mass of tissue sits on the left half (image-based fallback)."""
-    thumb, _ = thumbnail(image, 256)
-    _, fg = cv2.threshold(to_uint8(thumb), 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    cols = fg.sum(axis=0).astype(np.float64)
-    w = cols.size
-    # Compare the outer fifths: the chest-wall edge is full of tissue, the nipple side is air.
-    k = max(1, w // 5)
-    return bool(cols[:k].sum() >= cols[w - k:].sum())
+def chest_wall_left_from_image(image: np.ndarray, cfg: CropConfig | None = None) -> bool:
+    """True if the chest wall is on the image's left, judged from the breast itself.
+
+    The breast region is segmented on a thumbnail without assuming a side (bright bands along
+    any edge removed, labels, markers and film edges cut off by the opening, the largest
+    component kept). Within the region's own horizontal extent, the chest-wall side is where
+    the breast is tall (it spans the chest wall, with the pectoral muscle and axillary tail on
+    MLO views); the nipple side tapers to a point. So the side whose outer fifth of the region
+    holds the taller columns is the chest wall: background margins, labels on either side and
+    film edges do not enter the comparison. Falls back to the frame's outer fifths when no
+    region is found.
+    """
+    cfg = cfg or CropConfig()
+    thumb, _ = thumbnail(image, min(cfg.thumbnail, 256))
+    region = breast_mask_thumbnail(thumb, cfg, sides=ALL_SIDES)
+    cols = region.sum(axis=0).astype(np.float64)
+    if not cols.any():
+        _, fg = cv2.threshold(to_uint8(thumb), 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        cols = fg.sum(axis=0).astype(np.float64)
+    xs = np.nonzero(cols)[0]
+    if xs.size == 0:
+        return True
+    heights = cols[xs.min():xs.max() + 1]
+    k = max(1, heights.size // 5)
+    return bool(heights[:k].mean() >= heights[-k:].mean())
 
 
 def needs_flip(image: np.ndarray, laterality: str | None, orientation_row: str | None,
-               mode: str) -> tuple[bool, str]:
+               mode: str, crop: CropConfig | None = None) -> tuple[bool, str]:
     """Whether to flip left-right so the chest wall is on the left, and what decided it."""
     if mode == "none":
         return False, "none"
@@ -58,7 +78,7 @@ def needs_flip(image: np.ndarray, laterality: str | None, orientation_row: str |
             return not _CHEST_WALL_LEFT[orientation_row[0]], "orientation"
         if laterality in _LATERALITY_CHEST_WALL_LEFT:
             return not _LATERALITY_CHEST_WALL_LEFT[laterality], "laterality"
-    return not chest_wall_left_from_image(image), "image"
+    return not chest_wall_left_from_image(image, crop), "image"
 
 
 def thumbnail(image: np.ndarray, long_side: int) -> tuple[np.ndarray, int]:
@@ -96,33 +116,64 @@ def _border_band_depth(fg: np.ndarray, fill: float, max_depth: int) -> int:
     return depth
 
 
-def breast_mask_thumbnail(thumb: np.ndarray, cfg: CropConfig) -> np.ndarray:
-    """Binary (0/1 uint8) breast mask on a thumbnail whose chest wall is on the left.
-
-    Gaussian blur + Otsu + largest component as in the seed study; the threshold may sit below
-    Otsu's (``threshold_fraction``) to keep the thin fatty edge; two guards for scanned film:
-    full-length bright bands along the top, bottom and right edges are removed, and a
-    morphological opening cuts thin bright structures (film borders, tape, label strokes) off
-    the breast before the largest component is taken.
-    """
+def _levels(thumb: np.ndarray, cfg: CropConfig) -> tuple[np.ndarray, float, float]:
+    """(blurred 8-bit thumbnail, background level, Otsu's threshold): the background level is
+    the median of what Otsu puts below its threshold."""
     img8 = to_uint8(thumb)
     if cfg.blur_kernel > 1:
         img8 = cv2.GaussianBlur(img8, (cfg.blur_kernel, cfg.blur_kernel), 0)
     otsu, fg = cv2.threshold(img8, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    if cfg.threshold_fraction < 1.0:
-        below = img8[fg == 0]
-        background = float(np.median(below)) if below.size else 0.0
-        level = background + cfg.threshold_fraction * (otsu - background)
-        fg = (img8 > level).astype(np.uint8)
+    below = img8[fg == 0]
+    return img8, float(np.median(below)) if below.size else 0.0, float(otsu)
+
+
+def breast_with_edge(thumb: np.ndarray, core: np.ndarray, cfg: CropConfig) -> np.ndarray:
+    """The breast ``core`` (:func:`breast_mask_thumbnail`) grown into its faint fatty edge:
+    thumbnail pixels above ``edge_fraction`` between background and Otsu's threshold, within
+    ``edge_depth_fraction`` of the long side from the core, and connected to it. Labels and
+    markers farther from the breast never join it."""
+    if not core.any():
+        return core
+    img8, background, otsu = _levels(thumb, cfg)
+    tissue = (img8 > background + cfg.edge_fraction * (otsu - background)).astype(np.uint8)
+    reach = int(round(cfg.edge_depth_fraction * max(core.shape)))
+    if reach > 0:
+        near = cv2.dilate(core, cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
+                                                          (2 * reach + 1, 2 * reach + 1)))
+        tissue &= near
+    tissue |= core
+    count, labels = cv2.connectedComponents(tissue, connectivity=8)
+    touching = np.unique(labels[core > 0])
+    return np.isin(labels, touching[touching > 0]).astype(np.uint8)
+
+
+def breast_mask_thumbnail(thumb: np.ndarray, cfg: CropConfig,
+                          sides: tuple[str, ...] = NON_CHEST_WALL_SIDES) -> np.ndarray:
+    """Binary (0/1 uint8) breast mask on a thumbnail.
+
+    Gaussian blur + Otsu + largest component as in the seed study; the threshold may sit below
+    Otsu's (``threshold_fraction``) to keep the thin fatty edge; two guards for scanned film:
+    full-length bright bands along the ``sides`` are removed (by default every side but the
+    chest wall's, the left: the image is oriented), and a morphological opening cuts thin
+    bright structures (film borders, tape, label strokes, markers) off the breast before the
+    largest component is taken.
+    """
+    img8, background, otsu = _levels(thumb, cfg)
+    level = background + cfg.threshold_fraction * (otsu - background)
+    fg = (img8 > level).astype(np.uint8) if cfg.threshold_fraction < 1.0 else (
+        img8 > otsu).astype(np.uint8)
     h, w = fg.shape
     depth_y = int(cfg.border_depth_fraction * h)
     depth_x = int(cfg.border_depth_fraction * w)
-    top = _border_band_depth(fg, cfg.border_fill, depth_y)
-    bottom = _border_band_depth(fg[::-1], cfg.border_fill, depth_y)
-    right = _border_band_depth(fg.T[::-1], cfg.border_fill, depth_x)
-    fg[:top] = 0
-    fg[h - bottom:] = 0
-    fg[:, w - right:] = 0
+    # Band depths are all measured before any band is cleared.
+    bands = {side: _border_band_depth(lines, cfg.border_fill, depth)
+             for side, lines, depth in (("top", fg, depth_y), ("bottom", fg[::-1], depth_y),
+                                        ("left", fg.T, depth_x), ("right", fg.T[::-1], depth_x))
+             if side in sides}
+    fg[:bands.get("top", 0)] = 0
+    fg[h - bands.get("bottom", 0):] = 0
+    fg[:, :bands.get("left", 0)] = 0
+    fg[:, w - bands.get("right", 0):] = 0
     k = int(round(cfg.opening_fraction * max(h, w)))
     if k >= 2:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k | 1, k | 1))
@@ -134,18 +185,28 @@ def breast_mask_thumbnail(thumb: np.ndarray, cfg: CropConfig) -> np.ndarray:
     return (labels == largest).astype(np.uint8)
 
 
-def find_breast_box(image: np.ndarray, cfg: CropConfig) -> Box:
-    """Breast bounding box (x0, y0, x1, y1), end-exclusive, in ``image``'s coordinates.
+@dataclass(frozen=True)
+class BreastRegion:
+    """The breast found on a thumbnail: ``box`` (x0, y0, x1, y1) in the image's coordinates,
+    end-exclusive, margin included; ``mask`` the thumbnail's (th, tw) uint8 0/1 breast,
+    its faint edge included (:func:`breast_with_edge`); ``factor`` the thumbnail's integer
+    shrink factor (a thumbnail pixel covers factor x factor image pixels)."""
 
-    ``image`` is oriented (chest wall on the left). Falls back to the whole image when no
-    foreground is found.
-    """
+    box: Box
+    mask: np.ndarray
+    factor: int
+
+
+def find_breast(image: np.ndarray, cfg: CropConfig) -> BreastRegion:
+    """The breast of an oriented image (chest wall on the left). Its box falls back to the
+    whole image when no foreground is found."""
     h, w = image.shape
     thumb, k = thumbnail(image, cfg.thumbnail)
     mask = breast_mask_thumbnail(thumb, cfg)
     ys, xs = np.nonzero(mask)
     if xs.size == 0:
-        return (0, 0, w, h)
+        return BreastRegion((0, 0, w, h), mask, k)
+    edge = breast_with_edge(thumb, mask, cfg)
     th, tw = mask.shape
     margin = cfg.margin_fraction * max(h, w)
     x0 = int(np.floor(xs.min() * k - margin))
@@ -154,7 +215,43 @@ def find_breast_box(image: np.ndarray, cfg: CropConfig) -> Box:
     # trailing pixels the thumbnail left out).
     x1 = w if xs.max() + 1 == tw else int(np.ceil((xs.max() + 1) * k + margin))
     y1 = h if ys.max() + 1 == th else int(np.ceil((ys.max() + 1) * k + margin))
-    return (max(0, x0), max(0, y0), min(w, x1), min(h, y1))
+    return BreastRegion((max(0, x0), max(0, y0), min(w, x1), min(h, y1)), edge, k)
+
+
+def find_breast_box(image: np.ndarray, cfg: CropConfig) -> Box:
+    """Breast bounding box (x0, y0, x1, y1), end-exclusive, in ``image``'s coordinates
+    (``image`` oriented: chest wall on the left); the whole image when no breast is found."""
+    return find_breast(image, cfg).box
+
+
+def breast_mask_in_box(region: BreastRegion, margin: int) -> np.ndarray:
+    """The breast mask at full resolution over ``region.box``: (y1 - y0, x1 - x0) uint8 0/1,
+    the thumbnail mask grown by ``margin`` image pixels (so the thumbnail's coarse outline
+    loses no breast pixel) and scaled up. Everything outside it is not breast: background,
+    labels, markers, film edges, tape."""
+    x0, y0, x1, y1 = region.box
+    k = region.factor
+    if not region.mask.any():
+        return np.ones((y1 - y0, x1 - x0), np.uint8)
+    grow = int(np.ceil(margin / k))
+    mask = region.mask
+    if grow > 0:
+        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
+                                                          (2 * grow + 1, 2 * grow + 1)))
+    # Thumbnail pixel (i, j) covers image pixels [i*k, (i+1)*k): scale the thumbnail block
+    # under the box up by k (nearest: exact replication); image pixels past the thumbnail's
+    # last row/column take its edge.
+    th, tw = mask.shape
+    ty0, tx0 = min(y0 // k, th - 1), min(x0 // k, tw - 1)
+    ty1, tx1 = max(ty0 + 1, min(th, -(-y1 // k))), max(tx0 + 1, min(tw, -(-x1 // k)))
+    block = mask[ty0:ty1, tx0:tx1]
+    up = cv2.resize(block, (block.shape[1] * k, block.shape[0] * k),
+                    interpolation=cv2.INTER_NEAREST)
+    pad_y = max(0, y1 - ty1 * k)
+    pad_x = max(0, x1 - tx1 * k)
+    if pad_y or pad_x:
+        up = np.pad(up, ((0, pad_y), (0, pad_x)), mode="edge")
+    return np.ascontiguousarray(up[y0 - ty0 * k:y1 - ty0 * k, x0 - tx0 * k:x1 - tx0 * k])
 
 
 def box_to_original(box: Box, width: int, flipped: bool) -> Box:
@@ -174,14 +271,15 @@ def apply_clahe(image: np.ndarray, clip_limit: float, tile_grid: int) -> np.ndar
 
 
 def resize_square(image: np.ndarray, size: int, *, pad_to_square: bool,
-                  mask: bool) -> np.ndarray:
+                  mask: bool | str) -> np.ndarray:
     """(h, w) -> (size, size). With ``pad_to_square`` the crop is first padded with zeros on the
     right and bottom to max(h, w) square (aspect kept).
 
     Images: area averaging when shrinking, bilinear when enlarging. Masks (``mask=True``, 0/1
     uint8): the same resampling of the mask as a coverage fraction, then >= 0.5, so a pixel is
     mass when at least half of what it covers is. Nearest-neighbour sampling instead moves an
-    outline by up to half an output pixel (docs/decisions.md).
+    outline by up to half an output pixel (docs/decisions.md); ``mask="nearest"`` takes it,
+    for masks whose outline is not that exact anyway (it is much cheaper at full field).
     """
     h, w = image.shape
     if pad_to_square and h != w:
@@ -193,6 +291,8 @@ def resize_square(image: np.ndarray, size: int, *, pad_to_square: bool,
         return np.ascontiguousarray(image)
     shrinking = image.shape[0] >= size and image.shape[1] >= size
     interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    if mask == "nearest":
+        return cv2.resize(image, (size, size), interpolation=cv2.INTER_NEAREST)
     if mask:
         cover = cv2.resize(image.astype(np.float32), (size, size), interpolation=interp)
         return (cover >= 0.5).astype(np.uint8)

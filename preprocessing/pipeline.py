@@ -31,14 +31,14 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 import mammoray
-from mammoray.core import faults, storage
+from mammoray.core import faults, isolation, storage
 from mammoray.core.config import ConfigError, DataConfig, ExperimentConfig, SourceConfig
 from mammoray.core.deid import Salt, load_salt, salted_key
 from mammoray.core.ray_session import ray_session
 from preprocessing import augment
 from preprocessing import splits as splits_mod
 from preprocessing.sources import SCANNERS, SourceImage
-from preprocessing.transform import PASSTHROUGH, SCHEMA_VERSION, process_batch
+from preprocessing.transform import PASSTHROUGH, SCHEMA, SCHEMA_VERSION, process_batch, rejected_row
 
 REJECTED_COLUMNS = ("relpath", "source", "image_id", "reason")
 WRITE_CPUS = 0.25  # Parquet writing is light next to decoding; leave the cores to the map
@@ -146,6 +146,10 @@ def _code_version() -> str:
     return f"{mammoray.__version__}+{sha}" if sha else mammoray.__version__
 
 
+INDEX_COLUMNS = ("image_id", "patient_key", "source", "split", "augment_index", "has_mass",
+                 "has_mask_annotation")
+
+
 def _collect(staged: storage.StagedOutput) -> tuple[pa.Table, pa.Table]:
     """Move written rows into data/ and gather rejected rows; returns (data index, rejected)."""
     fs, rows = storage.resolve(staged.path("rows"))
@@ -155,24 +159,59 @@ def _collect(staged: storage.StagedOutput) -> tuple[pa.Table, pa.Table]:
         fs.move(ok_dir, data)
     else:
         fs.create_dir(data)
-    index_cols = ["image_id", "patient_key", "source", "split", "augment_index", "has_mass",
-                  "has_mask_annotation"]
     files = [i.path for i in fs.get_file_info(storage.pafs.FileSelector(data))
              if i.path.endswith(".parquet")]
     if files:
-        index = pads.dataset(files, filesystem=fs, format="parquet").to_table(columns=index_cols)
+        index = pads.dataset(files, filesystem=fs, format="parquet").to_table(
+            columns=list(INDEX_COLUMNS))
     else:
-        index = pa.table({c: pa.array([], pa.int64() if c == "augment_index" else pa.string())
-                          for c in index_cols})
+        index = SCHEMA.empty_table().select(list(INDEX_COLUMNS))
     if fs.get_file_info(rej_dir).type == storage.pafs.FileType.Directory:
         rejected = pads.dataset(rej_dir, filesystem=fs, format="parquet").to_table(
-            columns=list(REJECTED_COLUMNS)).sort_by("relpath")
+            columns=list(REJECTED_COLUMNS))
     else:
-        rejected = pa.table({c: pa.array([], pa.string()) for c in REJECTED_COLUMNS})
-    _, rejected_path = storage.resolve(staged.path("rejected.parquet"))
-    pq.write_table(rejected, rejected_path, filesystem=fs)
+        rejected = SCHEMA.empty_table().select(list(REJECTED_COLUMNS))
     fs.delete_dir(rows)
     return index, rejected
+
+
+def _process_alone(record: dict[str, Any], cfg: DataConfig,
+                   augment_by_source: dict[str, Any], injected: list[dict[str, Any]]) -> pa.Table:
+    """One record through the map function, as a task of its own (see _rescue_lost)."""
+    return process_batch(pa.Table.from_pylist([record]), cfg, augment_by_source, injected)
+
+
+def _rescue_lost(records: list[dict[str, Any]], index: pa.Table, rejected: pa.Table,
+                 staged: storage.StagedOutput, kwargs: dict[str, Any],
+                 log: Callable[[str], None]) -> tuple[pa.Table, pa.Table]:
+    """Inputs whose rows never came back (their task's process died, even after a retry:
+    a decoder that segfaults, aborts or is killed for memory takes its task's other images
+    with it) run again one per task: those whose task dies again are rejected with the reason,
+    the others are written. Returns the index and rejected rows, completed."""
+    seen = set(index.column("image_id").to_pylist()) | set(
+        rejected.column("image_id").to_pylist())
+    lost = [r for r in records if r["image_id"] not in seen]
+    if not lost:
+        return index, rejected
+    results = isolation.run_each_alone(
+        lambda record: _process_alone(record, **kwargs), lost,
+        num_cpus=kwargs["cfg"].cpus_per_task)
+    tables, crashed = [], []
+    for record, table, error in results:
+        if error is None:
+            tables.append(table)
+        else:
+            crashed.append(rejected_row(record, isolation.crash_reason(error)))
+    done = pa.concat_tables([*tables, pa.Table.from_pylist(crashed, schema=SCHEMA)])
+    ok = done.filter(pc.equal(done.column("status"), "ok")).drop_columns(["status"])
+    if ok.num_rows:
+        fs, path = storage.resolve(staged.path("data", "rescued.parquet"))
+        pq.write_table(ok, path, filesystem=fs)
+    not_ok = done.filter(pc.not_equal(done.column("status"), "ok"))
+    log(f"preprocess: {len(lost)} input(s) lost with a task whose process died, processed "
+        f"one by one: {len(lost) - not_ok.num_rows} written, {not_ok.num_rows} rejected")
+    return (pa.concat_tables([index, ok.select(list(INDEX_COLUMNS))]),
+            pa.concat_tables([rejected, not_ok.select(list(REJECTED_COLUMNS))]))
 
 
 def _split_summary(index: pa.Table) -> dict[str, Any]:
@@ -194,7 +233,7 @@ def _split_summary(index: pa.Table) -> dict[str, Any]:
 
 def _run_pipeline(ray, records: list[dict[str, Any]], notes: dict[str, Any],
                   data_cfg: DataConfig, staged: storage.StagedOutput, salt: Salt,
-                  t0: float) -> dict[str, Any]:
+                  t0: float, log: Callable[[str], None]) -> dict[str, Any]:
     """Ray Data map + write into ``staged``, then sort and count rows; returns the summary."""
     t_ray = time.time()
     # Ray Data reserves a share of the CPUs per operator; on a small machine that leaves
@@ -202,22 +241,29 @@ def _run_pipeline(ray, records: list[dict[str, Any]], notes: dict[str, Any],
     ray.data.DataContext.get_current().op_resource_reservation_enabled = False
     per_task = data_cfg.images_per_task
     blocks = max(1, min(-(-len(records) // per_task), 4096))
-    ds = ray.data.from_items(records, override_num_blocks=blocks)
-    ds = ds.map_batches(process_batch, batch_size=per_task, batch_format="pyarrow",
-                        fn_kwargs={"cfg": data_cfg, "augment_by_source": {
-                            s.source_name: s.augment for s in data_cfg.resolved_sources()},
-                            "injected": faults.from_env()},
-                        num_cpus=data_cfg.cpus_per_task)
+    map_kwargs = {"cfg": data_cfg, "augment_by_source": {
+        s.source_name: s.augment for s in data_cfg.resolved_sources()},
+        "injected": faults.from_env()}
     rows_per_file = data_cfg.rows_per_file or max(1, FILE_BYTES // (data_cfg.size ** 2 * 3))
-    # The write must stay a separate operator (its own, smaller CPU request prevents
-    # fusion): fused with the map, min_rows_per_file would bundle rows_per_file *input*
-    # images into one serial task, losing parallelism and holding a whole file of
-    # processed rows in one worker.
-    ds.write_parquet(staged.path("rows"), partition_cols=["status"],
-                     min_rows_per_file=rows_per_file, max_rows_per_file=rows_per_file,
-                     ray_remote_args={"num_cpus": WRITE_CPUS})
+    # A dataset keeps the DataContext of its creation: tolerate errored blocks from here.
+    with isolation.tolerant_blocks():
+        ds = ray.data.from_items(records, override_num_blocks=blocks)
+        ds = ds.map_batches(process_batch, batch_size=per_task, batch_format="pyarrow",
+                            fn_kwargs=map_kwargs, num_cpus=data_cfg.cpus_per_task,
+                            **isolation.retry_args())
+        # The write must stay a separate operator (its own, smaller CPU request prevents
+        # fusion): fused with the map, min_rows_per_file would bundle rows_per_file *input*
+        # images into one serial task, losing parallelism and holding a whole file of
+        # processed rows in one worker.
+        ds.write_parquet(staged.path("rows"), partition_cols=["status"],
+                         min_rows_per_file=rows_per_file, max_rows_per_file=rows_per_file,
+                         ray_remote_args={"num_cpus": WRITE_CPUS})
     t_written = time.time()
     index, rejected = _collect(staged)
+    index, rejected = _rescue_lost(records, index, rejected, staged, map_kwargs, log)
+    rejected = rejected.sort_by("relpath")
+    fs, rejected_path = storage.resolve(staged.path("rejected.parquet"))
+    pq.write_table(rejected, rejected_path, filesystem=fs)
     originals = pc.equal(index.column("augment_index"), 0)
     written = int(pc.sum(originals).as_py() or 0)
     augmented = index.num_rows - written
@@ -286,7 +332,7 @@ def run_preprocess(cfg: ExperimentConfig, *,
     with ray_session(cfg.ray):
         with storage.StagedOutput.create(data_cfg.output,
                                          overwrite=data_cfg.overwrite) as staged:
-            summary = _run_pipeline(ray, records, notes, data_cfg, staged, salt, t0)
+            summary = _run_pipeline(ray, records, notes, data_cfg, staged, salt, t0, log)
     counts = summary["counts"]
     log(f"preprocess: {counts['input']} inputs = {counts['written']} written + "
         f"{counts['rejected']} rejected (+ {counts['augmented_rows']} augmented rows) -> "

@@ -54,12 +54,15 @@ PASSTHROUGH = ("pathology", "assessment", "abnormality_count", "subtlety", "mass
 
 @dataclass(frozen=True)
 class ProcessedImage:
-    """``image``: (size, size) uint16; ``mask``: (size, size) uint8 0/1 or None."""
+    """``image``: (size, size) uint16; ``mask``: (size, size) uint8 0/1 or None;
+    ``breast``: (size, size) uint8 0/1, what is kept of the image with ``data.breast_only``
+    (None without it): outside it the image is 0."""
 
     image: np.ndarray
     mask: np.ndarray | None
     geometry: geometry.Geometry
     flip_source: str
+    breast: np.ndarray | None = None
 
 
 def preprocess_image(dicom: DicomImage, mask: np.ndarray | None, cfg: DataConfig, *,
@@ -72,22 +75,35 @@ def preprocess_image(dicom: DicomImage, mask: np.ndarray | None, cfg: DataConfig
                             f"image size {h} x {w}")
     with timer("orient"):
         flipped, flip_source = geometry.needs_flip(pixels, dicom.laterality,
-                                                   dicom.orientation_row, cfg.orientation)
+                                                   dicom.orientation_row, cfg.orientation,
+                                                   cfg.crop)
         if flipped:  # one contiguous copy; every later crop is a plain view of it
             pixels = cv2.flip(pixels, 1)
             mask = None if mask is None else cv2.flip(mask, 1)
     with timer("crop"):
-        if cfg.crop.enabled:
-            box = geometry.find_breast_box(pixels, cfg.crop)
-        else:
-            box = (0, 0, w, h)
+        region = (geometry.find_breast(pixels, cfg.crop)
+                  if cfg.crop.enabled or cfg.breast_only else None)
+        box = region.box if cfg.crop.enabled else (0, 0, w, h)
+        if region is not None and not cfg.crop.enabled:
+            region = geometry.BreastRegion(box, region.mask, region.factor)
         x0, y0, x1, y1 = box
         crop = pixels[y0:y1, x0:x1]
+        keep = None
+        if cfg.breast_only:
+            # Labels, markers, film edges and tape never reach CLAHE or the model.
+            keep = geometry.breast_mask_in_box(region, margin=breast_margin(cfg, h, w))
+            crop = cv2.bitwise_and(crop, crop, mask=keep)  # a new array: pixels stay intact
     with timer("clahe"):
         crop = geometry.apply_clahe(crop, cfg.clahe_clip_limit, cfg.clahe_tile_grid)
     with timer("resize"):
         image = geometry.resize_square(crop, cfg.size, pad_to_square=cfg.pad_to_square,
                                        mask=False)
+        breast = None
+        if keep is not None:
+            # The kept region is already grown by a margin: nearest neighbour is exact enough.
+            breast = geometry.resize_square(keep, cfg.size, pad_to_square=cfg.pad_to_square,
+                                            mask="nearest")
+            image *= breast  # CLAHE lifts the zeros it was given; outside stays 0
         out_mask = None
         if mask is not None:
             out_mask = geometry.resize_square(mask[y0:y1, x0:x1], cfg.size,
@@ -95,7 +111,14 @@ def preprocess_image(dicom: DicomImage, mask: np.ndarray | None, cfg: DataConfig
     geom = geometry.Geometry(orig_height=h, orig_width=w, flipped=flipped,
                              crop=geometry.box_to_original(box, w, flipped), size=cfg.size,
                              pad_to_square=cfg.pad_to_square)
-    return ProcessedImage(image=image, mask=out_mask, geometry=geom, flip_source=flip_source)
+    return ProcessedImage(image=image, mask=out_mask, geometry=geom, flip_source=flip_source,
+                          breast=breast)
+
+
+def breast_margin(cfg: DataConfig, height: int, width: int) -> int:
+    """Pixels the breast mask is grown by before everything outside it is set to background:
+    ``crop.margin_fraction`` of the image's long side (the margin of the crop box too)."""
+    return int(np.ceil(cfg.crop.margin_fraction * max(height, width)))
 
 
 def _empty_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -138,13 +161,24 @@ def process_record(record: dict[str, Any], cfg: DataConfig, *,
     except OSError as exc:
         return rejected_row(record, f"file could not be read ({type(exc).__name__})")
     except Exception as exc:  # a decoder bug must not stop the dataset either
-        return rejected_row(record, f"unexpected error ({type(exc).__name__}: "
-                                    f"{str(exc).splitlines()[0][:160] if str(exc) else ''})")
+        return rejected_row(record, f"unexpected error ({describe(exc)})")
+    except BaseException as exc:
+        # A Rust decoder's panic (pyo3's PanicException) is a BaseException: it would pass an
+        # `except Exception` and fail the whole task. Interrupts still stop the job.
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        return rejected_row(record, f"decoder crashed ({describe(exc)})")
     with timer("serialize"):
         row = _written_row(record, dicom, result, cfg)
     if row["abnormality_count"] is None and count is not None:
         row["abnormality_count"] = count
     return row
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as ``Type: first line`` (at most 160 characters of it), for a reason."""
+    first = str(exc).splitlines()[0][:160] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _written_row(record: dict[str, Any], dicom: DicomImage, result: ProcessedImage,
@@ -202,7 +236,7 @@ def process_batch(batch: pa.Table, cfg: DataConfig,
     rows = []
     for record in batch.to_pylist():
         if injected:
-            faults.fire(injected, "preprocess.image")
+            faults.fire(injected, "preprocess.image", relpath=record["relpath"])
         row = process_record(record, cfg)
         rows.append(row)
         copies = int(record.get("augment_copies") or 0)

@@ -130,6 +130,13 @@ class CropConfig:
         min=0.0, max=0.5)
     margin_fraction: float = option(0.01, "margin added around the breast box (fraction of "
                                     "the long side)", min=0.0, max=0.2)
+    edge_fraction: float = option(
+        0.1, "data.breast_only: the breast's faint fatty edge is kept down to this level between "
+        "the background (0) and Otsu's threshold (1)", min=0.0, max=1.0)
+    edge_depth_fraction: float = option(
+        0.03, "data.breast_only: how far (fraction of the long side) the faint edge may reach "
+        "beyond the breast the crop found; labels and markers farther away are never joined",
+        min=0.0, max=0.2)
 
     def check(self, prefix: str) -> None:
         if self.blur_kernel % 2 == 0:
@@ -213,6 +220,11 @@ class DataConfig:
                               "from the pixels only; none = never flip",
                               choices=("auto", "image", "none"))
     crop: CropConfig = field(default_factory=CropConfig)
+    breast_only: bool = option(True, "set everything outside the breast (labels, markers, film "
+                               "edges, tape, background) to 0 before CLAHE and in the output, "
+                               "so only the breast reaches the model; the breast region is "
+                               "grown by crop.margin_fraction first (false: the seed study's "
+                               "whole crop)")
     clahe_clip_limit: float = option(2.0, "CLAHE clip limit; 0 switches CLAHE off", min=0.0,
                                      max=100.0)
     clahe_tile_grid: int = option(8, "CLAHE tiles per side", min=1, max=64)

@@ -11,14 +11,18 @@ A fault is a mapping::
 
 - ``at``: the point: ``train.epoch`` (a training worker about to start an epoch; facts
   ``epoch``, 1-based as in history.csv, and ``rank``) or ``preprocess.image`` (a
-  preprocessing task about to read an image; no facts);
-- every other key except ``action``, ``dir`` and ``arrival`` must equal the fact of that name;
+  preprocessing task about to read an image; fact ``relpath``) or ``predict.image`` (a
+  prediction actor about to read a DICOM; fact ``relpath``);
+- every other key except ``action``, ``dir``, ``arrival`` and ``every`` must equal the fact of
+  that name;
 - ``arrival`` (default 1): the fault fires the n-th time a matching point is reached, counted
   across processes and restarts with files in ``dir`` (so a crash fires once, and a worker
-  group restarted from its checkpoint does not crash again);
+  group restarted from its checkpoint does not crash again); ``"every": true`` fires it at
+  every arrival instead (a file that always kills its process);
 - ``action``: ``crash`` ends the process at once (``os._exit(1)``, as a killed worker would);
+  ``abort`` aborts it (``os.abort()``: SIGABRT, as a C decoder's failed assertion does);
   ``hold`` waits until the file ``dir/release`` exists (a job stopped mid-epoch, for
-  interrupt tests). Either first writes ``dir/fired``.
+  interrupt tests). Each first writes ``dir/fired``.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ import time
 from typing import Any
 
 ENV = "MAMMORAY_FAULTS"
-ACTIONS = ("crash", "hold")
-_RESERVED = {"at", "action", "dir", "arrival"}
+ACTIONS = ("crash", "abort", "hold")
+_RESERVED = {"at", "action", "dir", "arrival", "every"}
 
 
 def from_env() -> list[dict[str, Any]]:
@@ -54,12 +58,14 @@ def fire(faults: list[dict[str, Any]], at: str, **facts: Any) -> None:
         if fault["at"] != at or any(facts.get(k) != v for k, v in fault.items()
                                     if k not in _RESERVED):
             continue
-        if _arrival(fault["dir"]) != int(fault.get("arrival", 1)):
+        if _arrival(fault["dir"]) != int(fault.get("arrival", 1)) and not fault.get("every"):
             continue
         with open(os.path.join(fault["dir"], "fired"), "w"):
             pass
         if fault["action"] == "crash":
             os._exit(1)
+        if fault["action"] == "abort":
+            os.abort()
         release = os.path.join(fault["dir"], "release")
         while not os.path.exists(release):
             time.sleep(0.1)

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from mammoray.core import storage
+from mammoray.core import faults, isolation, storage
 from mammoray.core.config import ConfigError, RayConfig
 from mammoray.core.ray_session import actor_pool, ray_session
 from mammoray.inference.predictor import (
@@ -39,6 +39,7 @@ from mammoray.inference.predictor import (
     OUTPUT_SUFFIXES,
     STAGES,
     DicomPredictor,
+    predict_alone,
     stem_of,
 )
 from mammoray.model.checkpoint import check_checkpoint, share_checkpoint
@@ -107,17 +108,21 @@ def run_prediction(opts: PredictOptions, ray_cfg: RayConfig,
     t0 = time.perf_counter()
     with ray_session(ray_cfg):
         pool = actor_pool(opts.actors, opts.cpus_per_actor, items=len(relpaths))
-        ds = ray.data.from_items([{"relpath": r} for r in relpaths],
-                                 override_num_blocks=min(len(relpaths), 4 * pool.size))
-        results = ds.map_batches(
-            DicomPredictor, fn_constructor_kwargs={
-                "checkpoint": share_checkpoint(opts.checkpoint), "input_root": root,
-                "output_root": output, "threshold": opts.threshold,
-                "write_seg": opts.dicom_seg, "run_id": uuid.uuid4().hex,
-                "cpus": opts.cpus_per_actor, "use_gpu": pool.use_gpu},
-            batch_size=1, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=pool.size), num_cpus=opts.cpus_per_actor,
-            num_gpus=1 if pool.use_gpu else None).take_all()
+        actor_kwargs = {
+            "checkpoint": share_checkpoint(opts.checkpoint), "input_root": root,
+            "output_root": output, "threshold": opts.threshold, "write_seg": opts.dicom_seg,
+            "run_id": uuid.uuid4().hex, "cpus": opts.cpus_per_actor, "use_gpu": pool.use_gpu,
+            "injected": faults.from_env()}
+        # A dataset keeps the DataContext of its creation: tolerate errored blocks from here.
+        with isolation.tolerant_blocks():
+            ds = ray.data.from_items([{"relpath": r} for r in relpaths],
+                                     override_num_blocks=min(len(relpaths), 4 * pool.size))
+            results = ds.map_batches(
+                DicomPredictor, fn_constructor_kwargs=actor_kwargs, batch_size=1,
+                batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool.size),
+                num_cpus=opts.cpus_per_actor, num_gpus=1 if pool.use_gpu else None,
+                **isolation.retry_args(actors=True)).take_all()
+        results += rescue_lost(relpaths, results, actor_kwargs, opts, pool.use_gpu)
     summary = summarize(opts, relpaths, results, time.perf_counter() - t0)
     storage.write_bytes(storage.join(output, "predict_summary.json"),
                         json.dumps(summary, indent=1).encode())
@@ -128,6 +133,25 @@ def run_prediction(opts: PredictOptions, ray_cfg: RayConfig,
         f"{summary['rejected']} rejected; "
         f"{sum(1 for r in summary['images'] if r['mass_found'])} with a mass found -> {output}")
     return summary
+
+
+def rescue_lost(relpaths: list[str], results: list[dict[str, Any]],
+                actor_kwargs: dict[str, Any], opts: PredictOptions,
+                use_gpu: bool) -> list[dict[str, Any]]:
+    """Inputs whose rows never came back (their actor's process died, even after a retry),
+    each run again in a task of its own: rows for them, rejected with the reason when the task
+    dies again."""
+    done = {r["relpath"] for r in results}
+    lost = [r for r in relpaths if r not in done]
+    rows = []
+    for relpath, row, error in isolation.run_each_alone(
+            lambda rel: predict_alone(rel, actor_kwargs), lost, num_cpus=opts.cpus_per_actor,
+            num_gpus=1 if use_gpu else None):
+        rows.append(row if error is None else {
+            "relpath": relpath, "status": "rejected", "reason": isolation.crash_reason(error),
+            "mass_found": None, "lesions": None, "seg_written": None,
+            **{f"seconds_{s}": 0.0 for s in STAGES}})
+    return rows
 
 
 def summarize(opts: PredictOptions, relpaths: list[str], results: list[dict[str, Any]],

@@ -16,14 +16,14 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from mammoray.core import storage
+from mammoray.core import faults, storage
 from mammoray.core.timing import StageTimer
 from mammoray.inference.overlays import draw_overlay, write_png
 from mammoray.inference.seg import dicom_seg
 from mammoray.model.inputs import predict_probabilities, to_model_input
 from preprocessing.dicom_io import RejectedImage, read_dicom
 from preprocessing.geometry import to_original
-from preprocessing.transform import preprocess_image
+from preprocessing.transform import describe, preprocess_image
 
 OUTPUT_SUFFIXES = ("_mask.png", "_prob.png", "_overlay.png", "_seg.dcm", ".json")
 INPUT_SUFFIXES = (".dcm", ".dicom")
@@ -74,7 +74,7 @@ class DicomPredictor:
 
     def __init__(self, checkpoint, input_root: str, output_root: str, threshold: float,
                  write_seg: bool, run_id: str, cpus: float = 1.0,
-                 use_gpu: bool = False) -> None:
+                 use_gpu: bool = False, injected: list[dict[str, Any]] | None = None) -> None:
         from mammoray import __version__
         from mammoray.model import checkpoint as ckpt
         from mammoray.model.runtime import configure_tensorflow
@@ -85,6 +85,7 @@ class DicomPredictor:
             self.data_cfg = ckpt.checkpoint_data_config(folder)
         self.input_root, self.output_root = input_root, output_root
         self.threshold, self.write_seg, self.run_id = threshold, write_seg, run_id
+        self.injected = injected or []
         self.version = __version__
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -96,6 +97,8 @@ class DicomPredictor:
         row: dict[str, Any] = {"relpath": relpath, "status": "ok", "reason": None,
                                "mass_found": None, "lesions": None, "seg_written": None}
         try:
+            if self.injected:
+                faults.fire(self.injected, "predict.image", relpath=relpath)
             with timer("read"):
                 data = storage.read_bytes(storage.join(self.input_root, relpath))
             with timer("decode"):
@@ -107,9 +110,11 @@ class DicomPredictor:
             row.update(status="rejected", reason=f"file could not be read "
                                                  f"({type(exc).__name__})")
         except Exception as exc:  # one broken file must not stop the others
-            first = str(exc).splitlines()[0][:160] if str(exc) else ""
-            row.update(status="rejected", reason=f"unexpected error ({type(exc).__name__}: "
-                                                 f"{first})")
+            row.update(status="rejected", reason=f"unexpected error ({describe(exc)})")
+        except BaseException as exc:  # a decoder's panic; interrupts still stop the job
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            row.update(status="rejected", reason=f"decoder crashed ({describe(exc)})")
         for stage in STAGES:
             row[f"seconds_{stage}"] = float(timer.seconds.get(stage, 0.0))
         return row
@@ -154,3 +159,8 @@ class DicomPredictor:
         return {"mass_found": bool(lesions), "lesions": len(lesions),
                 "seg_written": seg_written}
 
+
+def predict_alone(relpath: str, actor_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """One input through a predictor of its own, in a task of its own (see
+    :func:`mammoray.core.isolation.run_each_alone`)."""
+    return DicomPredictor(**actor_kwargs).predict(relpath)

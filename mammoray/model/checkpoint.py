@@ -107,7 +107,9 @@ def checkpoint_data_config(path: str) -> DataConfig:
     parameters, saved with the checkpoint): what jobs.predict applies to new DICOMs."""
     with open(os.path.join(path, CONFIG_FILE)) as fh:
         meta = json.load(fh)
-    params = meta.get("preprocessing") or meta["config"]["data"]
+    params = dict(meta.get("preprocessing") or meta["config"]["data"])
+    # Checkpoints from before data.breast_only were trained on whole crops.
+    params.setdefault("breast_only", False)
     # Only what shapes an image; paths and sources (whose test lists are not written) stay.
     known = {f.name for f in dataclasses.fields(DataConfig)} - {"sources", "input", "output",
                                                                  "overwrite"}

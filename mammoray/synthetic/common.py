@@ -68,11 +68,12 @@ def pick_syntax(rng: np.random.Generator, opts: SynthOptions) -> str:
     return str(rng.choice(list(MIXED_SYNTAXES)))
 
 
-def truth_png(root: str, relpath: str, mask: np.ndarray) -> str:
-    """Write an image's true mask to ``truth/<relpath>.truth.png`` under ``root`` (the
-    CBIS-DDSM and INbreast layouts keep their own annotation formats); returns its path
-    relative to ``root``."""
-    path = os.path.join(root, "truth", relpath + ".truth.png")
+def truth_png(root: str, relpath: str, mask: np.ndarray, kind: str = "truth") -> str:
+    """Write a 0/1 truth image of an image to ``truth/<relpath>.<kind>.png`` under ``root``
+    (the mass mask of the CBIS-DDSM and INbreast layouts, which keep their own annotation
+    formats; a scanned film's label pixels or breast); returns its path relative to
+    ``root``."""
+    path = os.path.join(root, "truth", f"{relpath}.{kind}.png")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_mask_png(path, mask)
     return os.path.relpath(path, root)

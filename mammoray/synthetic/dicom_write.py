@@ -125,3 +125,37 @@ def encode(ds: Dataset, syntax: str) -> bytes:
     else:
         ds.file_meta.TransferSyntaxUID = ts
     return _to_bytes(ds)
+
+
+def corrupt_rle_segments(data: bytes) -> bytes:
+    """A 16-bit RLE Lossless file whose frame is damaged so that pylibjpeg-rle panics in Rust
+    (``pyo3_runtime.PanicException``: a BaseException, not an Exception), whatever the image.
+
+    The frame keeps a valid segment table and a valid first (high-byte) segment; its second
+    segment first decodes 65 bytes fewer than a segment holds, then a replicate run of 128.
+    The decoder checks that run's length against the frame as if it wrote every byte, while it
+    writes every second byte: the run passes the check, then writes past the end of the frame.
+    """
+    import struct
+
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    if ds.file_meta.TransferSyntaxUID != uid.RLELossless or int(ds.BitsAllocated) != 16:
+        raise ValueError("expected a 16-bit RLE Lossless file")
+    plane = int(ds.Rows) * int(ds.Columns)
+    first = _replicate_runs(plane)
+    second = _replicate_runs(plane - 65) + bytes([129, 0])  # a run of 128 too many
+    header = struct.pack("<16I", 2, 64, 64 + len(first), *([0] * 13))
+    ds.PixelData = encapsulate([header + first + second])
+    return _to_bytes(ds)
+
+
+def _replicate_runs(n: int) -> bytes:
+    """RLE runs that decode to ``n`` zero bytes, padded to an even length."""
+    out = bytearray()
+    while n > 0:
+        k = min(128, n)
+        out += bytes([0, 0]) if k == 1 else bytes([257 - k, 0])
+        n -= k
+    return bytes(out)

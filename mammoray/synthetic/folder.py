@@ -19,8 +19,8 @@ import numpy as np
 from pydicom import uid
 
 from mammoray.synthetic import dicom_write
-from mammoray.synthetic.common import VIEWS, SynthOptions, fake_patient, write_mask_png
-from mammoray.synthetic.images import SyntheticImage, synthesize_image
+from mammoray.synthetic.common import VIEWS, SynthOptions, fake_patient, truth_png, write_mask_png
+from mammoray.synthetic.images import SyntheticImage, synthesize_image, synthesize_scanned
 
 # The transfer syntaxes a "mixed" folder dataset draws from.
 FOLDER_SYNTAXES = ("explicit-le", "rle", "jpeg-ls", "jpeg2000-lossless", "deflated",
@@ -33,6 +33,10 @@ class FolderOptions(SynthOptions):
 
     transfer_syntax: str = "explicit-le"
     film: bool = False
+    # Film digitised with background margins on every side, labels and lead markers anywhere
+    # (next to the breast and inside its box included), no orientation or laterality in the
+    # header: the image alone must tell the chest wall's side. Implies film.
+    scanned: bool = False
     monochrome1_fraction: float = 0.15
     defects: bool = False
     workers: int = 1
@@ -75,12 +79,17 @@ def _patient_images(args: tuple[FolderOptions, int]) -> list[dict[str, Any]]:
     for laterality, view in VIEWS:
         n_masses = int(rng.choice([0, 1, 2], p=[0.35, 0.5, 0.15]))
         mono1 = bool(rng.random() < opts.monochrome1_fraction)
-        img = synthesize_image(rng, opts.height, opts.width, laterality, view, film=opts.film,
-                               n_masses=n_masses, density=density, monochrome1=mono1)
+        if opts.scanned:
+            img = synthesize_scanned(rng, opts.height, opts.width, laterality, view,
+                                     n_masses=n_masses, density=density)
+        else:
+            img = synthesize_image(rng, opts.height, opts.width, laterality, view,
+                                   film=opts.film, n_masses=n_masses, density=density,
+                                   monochrome1=mono1)
         syntax = (FOLDER_SYNTAXES[int(rng.integers(len(FOLDER_SYNTAXES)))]
                   if opts.transfer_syntax == "mixed" else opts.transfer_syntax)
         roll = rng.random()
-        drop = "all" if roll < 0.05 else "orientation" if roll < 0.15 else "none"
+        drop = "all" if roll < 0.05 or opts.scanned else "orientation" if roll < 0.15 else "none"
         frame_uid = uid.generate_uid(entropy_srcs=[str(opts.seed), str(index), laterality])
         attrs = _header(img, patient, study_uid, frame_uid, drop)
         attrs["SeriesInstanceUID"] = uid.generate_uid(
@@ -93,14 +102,23 @@ def _patient_images(args: tuple[FolderOptions, int]) -> list[dict[str, Any]]:
         with open(os.path.join(folder, stem + ".dcm"), "wb") as fh:
             fh.write(dicom_write.encode(ds, syntax))
         write_mask_png(os.path.join(folder, stem + "_mask.png"), img.mask)
-        truth.append({
-            "relpath": f"patient_{index:04d}/{stem}.dcm", "patient": index,
+        relpath = f"patient_{index:04d}/{stem}.dcm"
+        entry = {
+            "relpath": relpath, "patient": index,
             "laterality": laterality, "view": view, "height": opts.height,
-            "width": opts.width, "film": opts.film, "photometric": img.photometric,
-            "transfer_syntax": syntax, "header_dropped": drop,
+            "width": opts.width, "film": opts.film or opts.scanned,
+            "photometric": img.photometric, "transfer_syntax": syntax,
+            "header_dropped": drop, "chest_wall": img.chest_wall,
             "breast_box": list(img.breast_box), "mass_pixels": int(img.mask.sum()),
             "masses": [asdict(m) for m in img.masses],
-        })
+        }
+        if opts.scanned:
+            # What a test needs to check label removal and breast loss: every label pixel,
+            # and the breast itself.
+            entry.update(label_boxes=[list(b) for b in img.label_boxes],
+                         labels=truth_png(opts.output, relpath, img.labels, "labels"),
+                         breast=truth_png(opts.output, relpath, img.breast, "breast"))
+        truth.append(entry)
     return truth
 
 
@@ -141,6 +159,9 @@ def write_defects(folder: str, seed: int) -> list[dict[str, str]]:
     mf.PixelData = frames.tobytes()
     put("multiframe.dcm", dicom_write.encode(mf, "explicit-le"), "multi-frame")
     put("mask_mismatch.dcm", full, "does not match")
+    # A damaged RLE segment table: the decoder panics (a BaseException) instead of raising.
+    put("corrupt_rle.dcm", dicom_write.corrupt_rle_segments(dicom_write.encode(ds, "rle")),
+        "decoder crashed")
     write_mask_png(os.path.join(folder, "mask_mismatch_mask.png"), np.ones((100, 80), np.uint8))
     return defects
 

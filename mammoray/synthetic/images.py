@@ -11,8 +11,11 @@ scales), quantum noise. Masses: oval, lobulated, irregular or spiculated, a few 
 cm, contrast from subtle to obvious; the mask is the mass core (spicules excluded).
 
 Film mode (CBIS-DDSM-like scanned film): 16-bit, burnt-in labels ("LCC", "RMLO"), bright
-film/scanner border strips along image edges, a tape strip. Digital mode (INbreast-like):
-14-bit stored in 16 with a VOI window.
+film/scanner border strips along image edges, a tape strip. Scanned film with margins
+(:func:`synthesize_scanned`): the film digitised with a band of background on every side, so
+the breast touches no edge of the frame; labels ("L MLO", "CRAN", numbers) and lead markers at
+random, next to the breast and inside its bounding box included; the truth keeps every label
+pixel. Digital mode (INbreast-like): 14-bit stored in 16 with a VOI window.
 """
 
 from __future__ import annotations
@@ -54,6 +57,15 @@ class SyntheticImage:
     pixel_spacing_mm: float
     window: tuple[float, float] | None
     masses: list[Mass] = field(default_factory=list)
+    # Scanned film with margins only: (H, W) uint8 0/1 pixels of burnt-in labels and lead
+    # markers, and their boxes (x0, y0, x1, y1), end-exclusive, in the written frame.
+    labels: np.ndarray | None = None
+    label_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
+
+    @property
+    def chest_wall(self) -> str:
+        """The side of the written image the chest wall is on (the reading convention)."""
+        return "left" if self.laterality == "L" else "right"
 
     @property
     def breast_box(self) -> tuple[int, int, int, int]:
@@ -273,3 +285,131 @@ def _add_film_artifacts(rng: np.random.Generator, values: np.ndarray, breast: np
         layer[y0:y1, x0:x1] = layer[y0:y1, x0:x1][:, ::-1].copy()
     values[layer > 0] = top * 0.97
     return values
+
+
+# ------------------------------------------------------------- scanned film with margins
+
+LABEL_TEXTS = ("L MLO", "R MLO", "L CC", "R CC", "CRAN", "CAUD", "LAT", "2", "17", "A")
+# Labels keep at least this fraction of the long side away from the breast: burnt-in labels
+# and lead markers sit on the film, not on the breast's shadow.
+LABEL_GAP_FRACTION = 0.03
+
+
+def synthesize_scanned(rng: np.random.Generator, height: int, width: int, laterality: str,
+                       view: str, *, n_masses: int = 1,
+                       density: float | None = None) -> SyntheticImage:
+    """A film mammogram digitised with background margins on all sides (the breast touches no
+    edge), film edges at the frame's sides, and labels and lead markers placed at random (next
+    to the breast and inside its bounding box included, never on the breast). 16-bit
+    MONOCHROME2; right breasts are mirrored as written, labels read correctly."""
+    h, w = height, width
+    spacing = FIELD_OF_VIEW_MM / w
+    # Film is larger than the breast and is not centred on the scanner: a band of background
+    # of 4-30% of the width on either side, 2-10% of the height at top and bottom.
+    left, right = (int(rng.uniform(0.04, 0.3) * w) for _ in range(2))
+    top, bottom = (int(rng.uniform(0.02, 0.1) * h) for _ in range(2))
+    inner_h, inner_w = h - top - bottom, w - left - right
+    breast_in, pectoral, dist_mm, thickness, atten_in = _tissue(rng, inner_h, inner_w, view,
+                                                               spacing, density)
+    mask_in, masses, signal = _masses(rng, breast_in, pectoral, dist_mm, spacing, n_masses)
+    atten_in += signal * breast_in * (0.4 + 0.6 * thickness)
+    atten = np.zeros((h, w), np.float32)
+    breast = np.zeros((h, w), np.uint8)
+    mask = np.zeros((h, w), np.uint8)
+    inner = (slice(top, top + inner_h), slice(left, left + inner_w))
+    atten[inner], breast[inner], mask[inner] = atten_in, breast_in, mask_in
+    atten += rng.standard_normal((h, w), dtype=np.float32) * np.float32(0.008)
+    bits, gain, base = 16, 52000.0, 6000.0
+    peak = (1 << bits) - 1
+    values = base + gain * np.clip(atten, 0, None)
+    masses = [Mass(m.kind, m.center_x + left, m.center_y + top, m.radius_px, m.radius_mm,
+                   m.contrast) for m in masses]
+    if laterality == "R":
+        values, mask, breast = (np.ascontiguousarray(a[:, ::-1]) for a in (values, mask, breast))
+        masses = [Mass(m.kind, w - 1 - m.center_x, m.center_y, m.radius_px, m.radius_mm,
+                       m.contrast) for m in masses]
+    _film_edges(rng, values, peak)
+    labels, boxes = _labels_and_markers(rng, breast)
+    values[labels > 0] = peak * rng.uniform(0.9, 0.98)
+    stored = np.clip(np.rint(values), 0, peak).astype(np.uint16)
+    return SyntheticImage(stored=stored, mask=mask, breast=breast, laterality=laterality,
+                          view=view, bits_stored=bits, photometric="MONOCHROME2",
+                          pixel_spacing_mm=spacing, window=None, masses=masses, labels=labels,
+                          label_boxes=boxes)
+
+
+def _film_edges(rng: np.random.Generator, values: np.ndarray, peak: int) -> None:
+    """The film's own edges at the frame's sides (either side, both or none), bright as the
+    unexposed film base, separated from the breast by the margins."""
+    h, w = values.shape
+    for side in ("left", "right", "top", "bottom"):
+        if rng.random() < (0.5 if side in ("left", "right") else 0.3):
+            depth = max(2, int(rng.uniform(0.005, 0.04) * (w if side in ("left", "right")
+                                                           else h)))
+            band = {"left": (slice(None), slice(0, depth)),
+                    "right": (slice(None), slice(w - depth, w)),
+                    "top": (slice(0, depth), slice(None)),
+                    "bottom": (slice(h - depth, h), slice(None))}[side]
+            values[band] = peak * rng.uniform(0.85, 0.95)
+
+
+def _labels_and_markers(rng: np.random.Generator, breast: np.ndarray):
+    """2-4 text labels and 1-2 lead markers (a bright square with a letter cut out), each at a
+    random place off the breast by at least LABEL_GAP_FRACTION of the long side; about half
+    are drawn inside the breast's bounding box. Returns the (H, W) 0/1 label pixels and the
+    label boxes."""
+    h, w = breast.shape
+    gap = max(2, int(LABEL_GAP_FRACTION * max(h, w)))
+    near = cv2.dilate(breast, cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
+                                                        (2 * gap + 1, 2 * gap + 1)))
+    ys, xs = np.nonzero(breast)
+    bbox = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    labels = np.zeros((h, w), np.uint8)
+    taken = np.zeros((h, w), np.uint8)
+    boxes = []
+    scale = max(h, w) / 700.0
+    n_text, n_markers = int(rng.integers(2, 5)), int(rng.integers(1, 3))
+    for i in range(n_text + n_markers):
+        patch = (_text_patch(rng, scale) if i < n_text else _marker_patch(rng, scale))
+        ph, pw = patch.shape
+        for _ in range(300):
+            if rng.random() < 0.5:  # inside the breast's bounding box
+                x = int(rng.integers(bbox[0], max(bbox[0] + 1, bbox[2] - pw)))
+                y = int(rng.integers(bbox[1], max(bbox[1] + 1, bbox[3] - ph)))
+            else:
+                x, y = int(rng.integers(0, max(1, w - pw))), int(rng.integers(0, max(1, h - ph)))
+            if y + ph > h or x + pw > w:
+                continue
+            if near[y:y + ph, x:x + pw].any() or taken[y:y + ph, x:x + pw].any():
+                continue
+            labels[y:y + ph, x:x + pw] |= patch
+            taken[max(0, y - 4):y + ph + 4, max(0, x - 4):x + pw + 4] = 1
+            boxes.append((x, y, x + pw, y + ph))
+            break
+    return labels, boxes
+
+
+def _text_patch(rng: np.random.Generator, scale: float) -> np.ndarray:
+    """A label's pixels (0/1), tightly cropped."""
+    text = LABEL_TEXTS[int(rng.integers(len(LABEL_TEXTS)))]
+    size = scale * rng.uniform(0.9, 1.6)
+    thickness = max(2, int(round(2.2 * size)))
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, size, thickness)
+    canvas = np.zeros((th + base + 2 * thickness, tw + 2 * thickness), np.uint8)
+    cv2.putText(canvas, text, (thickness, th + thickness), cv2.FONT_HERSHEY_SIMPLEX, size, 1,
+                thickness)
+    ys, xs = np.nonzero(canvas)
+    return np.ascontiguousarray(canvas[ys.min():ys.max() + 1, xs.min():xs.max() + 1])
+
+
+def _marker_patch(rng: np.random.Generator, scale: float) -> np.ndarray:
+    """A lead marker: a filled square with the side's letter cut out of it."""
+    side = max(8, int(rng.uniform(20, 34) * scale))
+    patch = np.ones((side, side), np.uint8)
+    letter = "L" if rng.random() < 0.5 else "R"
+    size = side / 30.0
+    thickness = max(1, int(round(2 * size)))
+    (tw, th), _ = cv2.getTextSize(letter, cv2.FONT_HERSHEY_SIMPLEX, size, thickness)
+    cv2.putText(patch, letter, ((side - tw) // 2, (side + th) // 2), cv2.FONT_HERSHEY_SIMPLEX,
+                size, 0, thickness)
+    return patch

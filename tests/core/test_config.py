@@ -18,6 +18,7 @@ def test_defaults_are_the_documented_ones():
     (only,) = cfg.data.resolved_sources()
     assert only.format == "folder" and only.source_name == "folder" and only.augment.copies == 0
     assert cfg.data.crop.enabled and cfg.data.clahe_clip_limit == 2.0
+    assert cfg.data.breast_only  # only the breast reaches the model
     assert cfg.ray.address is None
 
 
@@ -102,6 +103,7 @@ def test_thesis_data_setup():
     assert data.size == 1024 and not data.pad_to_square and data.crop.enabled
     assert data.crop.threshold_fraction == 1.0 and data.crop.opening_fraction == 0.0
     assert data.clahe_clip_limit > 0 and data.val_fraction == 0.1
+    assert not data.breast_only  # the study fed the whole crop, labels included
     inbreast, cbis = data.resolved_sources()
     assert (inbreast.format, cbis.format) == ("inbreast", "cbis-ddsm")
     assert inbreast.augment.target_total == 2060 and cbis.augment.target_total == 0
@@ -123,8 +125,15 @@ def names(cls, prefix: str = "", skip: tuple[str, ...] = ()) -> list[str]:
 def test_docs_document_every_config_key():
     """Each key of each section appears, as `key`, on its section's doc page (keys that share
     a table row are written `a`, `b`)."""
-    from mammoray.core.config import (AugmentConfig, CropConfig, ModelConfig, RayConfig,
-                                      SourceConfig, TrainConfig, TuneConfig)
+    from mammoray.core.config import (
+        AugmentConfig,
+        CropConfig,
+        ModelConfig,
+        RayConfig,
+        SourceConfig,
+        TrainConfig,
+        TuneConfig,
+    )
 
     pages = {
         "preprocessing.md": (names(DataConfig, skip=("crop",)) + names(CropConfig, "crop.")

@@ -122,3 +122,36 @@ def test_predict_bad_arguments(world, tmp_path):
     with pytest.raises(ConfigError, match="--threshold 0"):
         run_prediction(PredictOptions(checkpoint=str(ckpt), input=str(tmp_path),
                                       threshold=0.0), RayConfig())
+
+
+def test_predict_rejects_only_the_files_that_crash_their_decoder(world, tmp_path, monkeypatch):
+    """A file whose decoder panics (a BaseException) and one whose processing kills its actor
+    (os.abort(), through a fault) are each reported with the reason; the others are
+    predicted."""
+    from mammoray.core import faults
+    from mammoray.inference.job import PredictOptions, run_prediction
+    from mammoray.synthetic import dicom_write
+
+    base, ckpt = world
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    good = ["L_CC.dcm", "R_MLO.dcm", "L_MLO.dcm"]
+    for name in good:
+        shutil.copy(base / "raw" / "patient_0000" / name, folder / name)
+    panic = dicom_write.corrupt_rle_segments(dicom_write.encode(
+        dicom_write.image_dataset(np.arange(64 * 48, dtype=np.uint16).reshape(64, 48),
+                                  bits_stored=12), "rle"))
+    (folder / "corrupt_rle.dcm").write_bytes(panic)
+    fault = tmp_path / "abort"
+    monkeypatch.setenv(faults.ENV, json.dumps([
+        {"at": "predict.image", "action": "abort", "dir": str(fault), "relpath": "R_MLO.dcm",
+         "every": True}]))
+    summary = run_prediction(PredictOptions(checkpoint=str(ckpt), input=str(folder)),
+                             RayConfig(), log=lambda _: None)
+    assert (summary["inputs"], summary["predicted"], summary["rejected"]) == (4, 2, 2)
+    by_path = {r["relpath"]: r for r in summary["images"]}
+    assert by_path["corrupt_rle.dcm"]["reason"].startswith("decoder crashed (PanicException: ")
+    assert by_path["R_MLO.dcm"]["reason"] == \
+        "decoder crashed: its worker process died (WorkerCrashedError)"
+    assert [r["status"] for r in (by_path["L_CC.dcm"], by_path["L_MLO.dcm"])] == ["ok", "ok"]
+    assert (folder / "L_CC_mask.png").exists() and not (folder / "R_MLO_mask.png").exists()

@@ -57,7 +57,7 @@ def test_folder_dataset_layout(tmp_path):
     truth = write_folder_dataset(FolderOptions(output=str(tmp_path), patients=2, seed=3,
                                                height=160, width=128, defects=True,
                                                transfer_syntax="mixed"))
-    assert len(truth["images"]) == 8 and len(truth["defects"]) == 6
+    assert len(truth["images"]) == 8 and len(truth["defects"]) == 7
     first = truth["images"][0]
     ds = pydicom.dcmread(tmp_path / first["relpath"])
     patient = fake_patient(3, 0)
@@ -68,3 +68,55 @@ def test_folder_dataset_layout(tmp_path):
     assert mask_png.exists()
     on_disk = json.loads((tmp_path / "truth.json").read_text())
     assert on_disk["images"][0]["breast_box"] == first["breast_box"]
+
+
+def test_scanned_film_with_margins_and_labels(tmp_path):
+    """The scanned-film trait: the breast touches no edge of the frame, labels and markers
+    are off the breast (inside its bounding box for some), the header says nothing of the
+    side, and the truth records the chest wall's side, the label boxes and pixels."""
+    import cv2
+
+    from mammoray.synthetic.images import LABEL_GAP_FRACTION
+
+    truth = write_folder_dataset(FolderOptions(output=str(tmp_path), patients=3, seed=9,
+                                               height=320, width=256, scanned=True))
+    inside_box = 0
+    for image in truth["images"]:
+        ds = pydicom.dcmread(tmp_path / image["relpath"])
+        for keyword in ("PatientOrientation", "ImageLaterality", "Laterality"):
+            assert keyword not in ds
+        assert image["chest_wall"] == ("left" if image["laterality"] == "L" else "right")
+        breast = cv2.imread(str(tmp_path / image["breast"]), cv2.IMREAD_GRAYSCALE) > 0
+        labels = cv2.imread(str(tmp_path / image["labels"]), cv2.IMREAD_GRAYSCALE) > 0
+        assert not (breast[0].any() or breast[-1].any() or breast[:, 0].any()
+                    or breast[:, -1].any())
+        assert labels.any() and len(image["label_boxes"]) >= 2
+        gap = int(LABEL_GAP_FRACTION * 320)
+        near = cv2.dilate(breast.astype(np.uint8), cv2.getStructuringElement(
+            cv2.MORPH_ELLIPSE, (2 * gap - 1, 2 * gap - 1)))  # closer than the gap
+        assert not (labels & (near > 0)).any()
+        x0, y0, x1, y1 = image["breast_box"]
+        inside_box += sum(bx0 >= x0 and bx1 <= x1 and by0 >= y0 and by1 <= y1
+                          for bx0, by0, bx1, by1 in image["label_boxes"])
+        # Labels are burnt in bright on the dark film background.
+        pixels = ds.pixel_array
+        assert pixels[labels].min() >= 0.9 * 65535 - 1
+        assert np.median(pixels[~breast & ~labels]) < 0.15 * 65535
+    assert inside_box >= 3  # some labels sit inside the breast's bounding box
+    assert {i["chest_wall"] for i in truth["images"]} == {"left", "right"}
+
+
+def test_a_damaged_rle_segment_table_really_panics(tmp_path):
+    from mammoray.synthetic import dicom_write
+    from preprocessing.dicom_io import read_dicom
+
+    truth = write_folder_dataset(FolderOptions(output=str(tmp_path), patients=1, seed=3,
+                                               height=96, width=80, defects=True))
+    assert {"relpath": "defects/corrupt_rle.dcm", "expect": "decoder crashed"} in \
+        truth["defects"]
+    data = (tmp_path / "defects" / "corrupt_rle.dcm").read_bytes()
+    assert dicom_write.TRANSFER_SYNTAXES["rle"][0].encode() in data
+    with pytest.raises(BaseException) as info:
+        read_dicom(data)
+    assert type(info.value).__name__ == "PanicException"
+    assert not isinstance(info.value, Exception)
