@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -31,11 +32,29 @@ def ray_config(args: argparse.Namespace):
                                      if v is not None}}).ray
 
 
-def run(job: Callable[[], Any], *, expected: tuple[type[BaseException], ...] = ()) -> int:
-    """Run ``job``; a bad config, path or input ends with one clear line and exit code 2."""
+EXIT_INTERRUPTED = 130
+NOTHING_PUBLISHED = "nothing partial was published; run the same command again"
+
+
+def run(job: Callable[[], Any], *, expected: tuple[type[BaseException], ...] = (),
+        interrupted: str = NOTHING_PUBLISHED) -> int:
+    """Run ``job``; a bad config, path or input, or a request the cluster cannot meet, ends
+    with one clear line and exit code 2. Ctrl+C (SIGINT) and SIGTERM (``ray job stop``, a
+    scheduler's kill) stop it alike: outputs are only published when complete, and the job
+    ends with ``interrupted: <interrupted>`` (what was kept, how to continue) and code 130."""
+    from mammoray.core.ray_session import sigterm_as_sigint
+    from mammoray.core.resources import ResourceError
+
+    previous = signal.signal(signal.SIGTERM, sigterm_as_sigint)
     try:
         job()
-    except (ConfigError, FileExistsError, *expected) as exc:
+    except (ConfigError, FileExistsError, ResourceError, *expected) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"interrupted: {interrupted}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+

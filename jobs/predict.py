@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--input {args.input}: no file could be predicted "
                              f"({summary['rejected']} rejected; see predict_summary.json)")
 
-    return run(job, expected=(ValueError,))
+    return run(job, expected=(ValueError,), interrupted=(
+        "the predictions written so far are kept, each file whole; run the same command with "
+        "--overwrite to predict them all again"))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Train the U-Net with Ray Train on a preprocessed dataset.
 
     python -m jobs.train --config FILE [--data DIR] [--output DIR] [--num-workers N]
-        [--use-gpu] [--epochs N] [--storage-path URI] [--dry-run] [--address ADDR]
+        [--cpus-per-worker N] [--use-gpu] [--epochs N] [--storage-path URI] [--dry-run] [--address ADDR]
         [--num-cpus N]
 
 Writes <output>/best (model.keras + config.json: what jobs.evaluate and jobs.predict take as
@@ -27,6 +27,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", help="preprocessed dataset folder (train.data)")
     p.add_argument("--output", help="training output folder (train.output)")
     p.add_argument("--num-workers", type=int, help="Ray Train workers (train.num_workers)")
+    p.add_argument("--cpus-per-worker", type=float,
+                   help="CPUs per worker (train.cpus_per_worker)")
     p.add_argument("--use-gpu", action="store_true", default=None,
                    help="one GPU per worker (train.use_gpu)")
     p.add_argument("--epochs", type=int, help="epochs (train.epochs)")
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, {
             "train.data": args.data, "train.output": args.output,
             "train.num_workers": args.num_workers, "train.use_gpu": args.use_gpu,
+            "train.cpus_per_worker": args.cpus_per_worker,
             "train.epochs": args.epochs, "train.storage_path": args.storage_path,
             **ray_overrides(args)})
         if args.dry_run:
@@ -67,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_training(cfg)
 
-    return run(job, expected=(TrainError,))
+    return run(job, expected=(TrainError,), interrupted=(
+        "the checkpoints saved so far are kept (train.storage_path, default "
+        "<output>/ray_results); run the same command again to continue from the latest"))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 learning rate (and, if the config opens them, base filters, batch size, loss).
 
     python -m jobs.tune --config FILE [--data DIR] [--output DIR] [--num-samples N]
-        [--max-concurrent N] [--epochs N] [--resume] [--address ADDR] [--num-cpus N]
+        [--max-concurrent N] [--epochs N] [--cpus-per-worker N] [--resume] [--address ADDR] [--num-cpus N]
 
 Each trial is one Ray Train run of the config's model and train sections with the sampled
 values (its own workers, train.num_workers x tune.cpus_per_worker or train.cpus_per_worker);
@@ -32,6 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-concurrent", type=int,
                    help="trials at once; 0 = what the cluster holds now (tune.max_concurrent)")
     p.add_argument("--epochs", type=int, help="epochs per trial (tune.epochs)")
+    p.add_argument("--cpus-per-worker", type=float,
+                   help="CPUs per training worker during the search (tune.cpus_per_worker)")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted search in the output's storage path")
     add_ray_flags(p)
@@ -47,10 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, {
             "train.data": args.data, "tune.output": args.output,
             "tune.num_samples": args.num_samples, "tune.max_concurrent": args.max_concurrent,
-            "tune.epochs": args.epochs, **ray_overrides(args)})
+            "tune.epochs": args.epochs, "tune.cpus_per_worker": args.cpus_per_worker,
+            **ray_overrides(args)})
         run_search(cfg, resume=args.resume)
 
-    return run(job, expected=(TrainError, SearchInterrupted))
+    return run(job, expected=(TrainError, SearchInterrupted), interrupted=(
+        "the search's state is kept; continue it with --resume"))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 import mammoray
-from mammoray.core import faults, isolation, storage
+from mammoray.core import faults, isolation, resources, storage
 from mammoray.core.config import ConfigError, DataConfig, ExperimentConfig, SourceConfig
 from mammoray.core.deid import Salt, load_salt, salted_key
 from mammoray.core.ray_session import ray_session
@@ -62,8 +62,10 @@ def check_paths(cfg: DataConfig) -> None:
         raise ConfigError("data.output: required (the output folder); pass --output DIR")
     output = storage.normalize(cfg.output).rstrip("/")
     if storage.exists(output) and not cfg.overwrite:
-        raise PreprocessError(f"--output {cfg.output}: already exists; choose another folder "
-                              f"or pass --overwrite")
+        state = "" if storage.is_complete(output) else (
+            " (incomplete: its job failed or was killed while publishing it)")
+        raise PreprocessError(f"--output {cfg.output}: already exists{state}; choose another "
+                              f"folder or pass --overwrite")
     if not storage.is_uri(output):
         parent = os.path.dirname(output)
         if not os.path.isdir(parent):
@@ -156,7 +158,7 @@ def _collect(staged: storage.StagedOutput) -> tuple[pa.Table, pa.Table]:
     _, data = storage.resolve(staged.path("data"))
     ok_dir, rej_dir = f"{rows}/status=ok", f"{rows}/status=rejected"
     if fs.get_file_info(ok_dir).type == storage.pafs.FileType.Directory:
-        fs.move(ok_dir, data)
+        storage.move_tree(staged.path("rows", "status=ok"), staged.path("data"))
     else:
         fs.create_dir(data)
     files = [i.path for i in fs.get_file_info(storage.pafs.FileSelector(data))
@@ -330,8 +332,11 @@ def run_preprocess(cfg: ExperimentConfig, *,
             f" patients ({src.format}); {sum(r['augment_copies'] for r in mine)} augmented "
             f"copies planned")
     with ray_session(cfg.ray):
-        with storage.StagedOutput.create(data_cfg.output,
-                                         overwrite=data_cfg.overwrite) as staged:
+        resources.ensure_units("preprocessing", 1, "task", data_cfg.cpus_per_task, 0.0,
+                               count_flag="", cpus_flag="data.cpus_per_task",
+                               wait_s=cfg.ray.resource_wait_s, log=log)
+        with storage.StagedOutput.create(data_cfg.output, overwrite=data_cfg.overwrite,
+                                         log=log) as staged:
             summary = _run_pipeline(ray, records, notes, data_cfg, staged, salt, t0, log)
     counts = summary["counts"]
     log(f"preprocess: {counts['input']} inputs = {counts['written']} written + "

@@ -12,7 +12,11 @@ Tiers (pytest markers declared in pyproject.toml), one per test, checked at coll
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -111,3 +115,134 @@ def patient_strings(seed: int, indices) -> list[str]:
         out += [p["PatientName"], p["PatientID"], p["PatientBirthDate"], p["AccessionNumber"],
                 p["InstitutionName"]]
     return out
+
+
+# ------------------------------------------------------------------ object storage (S3)
+
+S3_BUCKET = "mammo-test"
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server on 127.0.0.1: moto's standalone server, started as a
+    subprocess in a process group of its own and stopped by its pid. Yields the endpoint
+    URL; the bucket ``S3_BUCKET`` exists."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)],
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=1)
+                break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.2)
+        import pyarrow.fs as pafs
+
+        pafs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True,
+                          access_key=S3_KEYS["AWS_ACCESS_KEY_ID"],
+                          secret_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+                          region=S3_KEYS["AWS_DEFAULT_REGION"]).create_dir(S3_BUCKET)
+        yield endpoint
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def s3_env(s3_server):
+    """The standard AWS variables pointing at the test server, for this module (set before
+    any Ray the module starts, so its workers inherit them); restored afterwards."""
+    saved = {k: os.environ.get(k) for k in (*S3_KEYS, "AWS_ENDPOINT_URL")}
+    os.environ.update(S3_KEYS, AWS_ENDPOINT_URL=s3_server)
+    try:
+        yield f"s3://{S3_BUCKET}"
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def job_env(*injected: dict) -> dict[str, str]:
+    """The environment of a job a test starts as a subprocess: its own local Ray (no
+    RAY_ADDRESS), no usage stats, and the given faults (``MAMMORAY_FAULTS``)."""
+    from mammoray.core import faults
+
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    if injected:
+        env[faults.ENV] = json.dumps(list(injected))
+    return env
+
+
+def start_held(args: list[str], env: dict[str, str], hold, log, *,
+               timeout: float) -> subprocess.Popen:
+    """Start ``python -m <args>`` in a process session of its own, its output to the file
+    ``log`` (a pipe nobody reads while the test waits fills up and blocks the job), and return
+    once the fault whose ``dir`` is ``hold`` fired: the job is where the test wants it. If it
+    never gets there, end its session and fail with the log's end."""
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=env,
+                                start_new_session=True, stdout=fh, stderr=subprocess.STDOUT)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not (hold / "fired").exists():
+        time.sleep(0.1)
+    if not (hold / "fired").exists():
+        end_session(proc)
+        pytest.fail(f"{args[0]} never reached its fault at {hold}:\n" +
+                    log.read_text(errors="replace")[-3000:])
+    return proc
+
+
+def stop(proc: subprocess.Popen, sig: int, *, timeout: float = 60) -> float:
+    """Send ``sig`` to a job and wait for it to end; the seconds it took."""
+    t0 = time.time()
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        end_session(proc)
+    return time.time() - t0
+
+
+def end_session(proc: subprocess.Popen) -> None:
+    """End what is left of a job's process session (the job, its local Ray): the processes
+    whose session id is the job's pid, and only those."""
+    import psutil
+
+    if proc.poll() is None:
+        proc.kill()
+    left = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(p.pid) == proc.pid:
+                left.append(p)
+        except OSError:
+            pass
+    for p in left:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(left, timeout=10)
+    if proc.poll() is None or proc.returncode is None:
+        proc.wait(timeout=30)

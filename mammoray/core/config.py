@@ -333,6 +333,9 @@ class TrainConfig:
                                "failure", min=0, max=100)
     checkpoints_to_keep: int = option(2, "checkpoints kept, best by validation IoU (the "
                                       "latest is kept too, for resuming)", min=1, max=1000)
+    checkpoint_every: int = option(1, "a checkpoint every this many epochs, and at every new "
+                                   "best validation score and the last epoch (a resumed run "
+                                   "continues from the latest)", min=1, max=100000)
     run_name: str | None = option(None, "Ray Train run name; a run with the same name and "
                                   "storage resumes from its latest checkpoint (default: "
                                   "derived from the output folder)")
@@ -412,6 +415,10 @@ class RayConfig:
                                  "set (as under `ray job submit`), else start a local Ray")
     num_cpus: int | None = option(None, "CPUs of a local Ray the job starts (unset = all)",
                                   min=1, max=1024)
+    resource_wait_s: float = option(600.0, "on a cluster with an autoscaler: how long a job "
+                                    "waits for the nodes its workers or actors need before it "
+                                    "stops (a cluster without one stops at once)", min=0.0,
+                                    max=86400.0)
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,15 @@ from mammoray.core.config import ConfigError
 
 def read_dataset_json(data: str) -> dict[str, Any]:
     """The dataset's ``dataset.json``; a clear error naming ``--data`` when there is none."""
-    path = storage.join(storage.normalize(data), "dataset.json")
+    root = storage.normalize(data)
+    path = storage.join(root, "dataset.json")
     if not storage.exists(path):
         raise ConfigError(f"--data {data}: no dataset.json; give the output folder of "
                           f"jobs.preprocess")
+    try:
+        storage.require_complete(root, "--data", "dataset")
+    except storage.IncompleteOutput as exc:
+        raise ConfigError(str(exc)) from None
     return json.loads(storage.read_bytes(path))
 
 
@@ -47,9 +52,19 @@ def read_rows(data: str, columns: list[str], *, v2: bool = False):
 
 def split_dataset(data: str, split: str, *, v2: bool = False):
     """The rows of one split as a Ray Dataset (image/mask bytes only), materialized: training
-    workers then iterate without needing CPUs for read tasks. ``v2``: see ``read_rows``."""
+    workers then iterate without needing CPUs for read tasks. ``v2``: see ``read_rows``.
+
+    Workers read it again every epoch; those reads print no progress bars or execution plans
+    (a dataset keeps the DataContext of its creation): a training log shows its epochs."""
+    import ray
     from ray.data.expressions import col
 
-    ds = read_rows(data, ["image", "mask", "split"], v2=v2)
-    ds = ds.filter(expr=col("split") == split).select_columns(["image", "mask"])
-    return ds.materialize()
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.enable_progress_bars, ctx.print_on_execution_start
+    ctx.enable_progress_bars = ctx.print_on_execution_start = False
+    try:
+        ds = read_rows(data, ["image", "mask", "split"], v2=v2)
+        ds = ds.filter(expr=col("split") == split).select_columns(["image", "mask"])
+        return ds.materialize()
+    finally:
+        ctx.enable_progress_bars, ctx.print_on_execution_start = saved

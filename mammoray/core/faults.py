@@ -1,8 +1,8 @@
 """Fault injection for tests: one environment variable, read in one place (:func:`from_env`).
 
-``MAMMORAY_FAULTS`` holds a JSON list of faults. A job's driver reads it once and ships the
-faults with the work (the training loop's config, the preprocessing map's arguments); the code
-at a fault point calls
+``MAMMORAY_FAULTS`` holds a JSON list of faults. A job's driver reads it (:func:`from_env`)
+and ships the faults with the work (the training loop's config, the preprocessing map's
+arguments); the code at a fault point calls
 :func:`fire` with the facts of the moment. Nothing is read or done when the variable is unset.
 
 A fault is a mapping::
@@ -12,7 +12,9 @@ A fault is a mapping::
 - ``at``: the point: ``train.epoch`` (a training worker about to start an epoch; facts
   ``epoch``, 1-based as in history.csv, and ``rank``) or ``preprocess.image`` (a
   preprocessing task about to read an image; fact ``relpath``) or ``predict.image`` (a
-  prediction actor about to read a DICOM; fact ``relpath``);
+  prediction actor about to read a DICOM; fact ``relpath``) or ``storage.publish`` (an
+  output on an object store, its files moved into place, its marker not yet written; fact
+  ``final``, the output folder's name);
 - every other key except ``action``, ``dir``, ``arrival`` and ``every`` must equal the fact of
   that name;
 - ``arrival`` (default 1): the fault fires the n-th time a matching point is reached, counted

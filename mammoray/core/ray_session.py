@@ -17,7 +17,9 @@ import contextlib
 import math
 import os
 import re
+import signal
 import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -27,16 +29,21 @@ from mammoray.core.config import RayConfig
 # page-faults every full-field image's buffers in again. Keeping freed memory in the worker
 # (the next image reuses it) removes that cost. Set for the whole job: a per-operator
 # runtime_env made Ray Data much slower (no worker reuse). Measured: benchmarks/RESULTS.md.
-WORKER_ENV = {"MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_MMAP_THRESHOLD_": str(1 << 28)}
+WORKER_ENV = {"MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_MMAP_THRESHOLD_": str(1 << 28),
+              # TensorFlow's start-up notices (CPU features) from every worker and actor stay
+              # out of the job's log; its warnings and errors still show. So do Ray's own
+              # deprecation notices from inside its actors (nothing a user can act on).
+              "TF_CPP_MIN_LOG_LEVEL": "1", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
 
 
-def init_ray(cfg: RayConfig, *, dashboard: bool = False) -> bool:
+def init_ray(cfg: RayConfig, *, dashboard: bool = True) -> bool:
     """Initialise Ray for a job; returns True if this call started it (caller shuts it down).
 
     The job's workers get :data:`WORKER_ENV` through the job's runtime environment. A local Ray
-    runs without the dashboard unless ``dashboard``: Ray Tune needs it (without it the
-    placement groups of trials Tune stopped were never released here, and the next trial's
-    workers waited forever).
+    runs with the dashboard (on 127.0.0.1), as a cluster's does: Ray's State API needs it, and
+    Ray Train's placement-group cleaner and Ray Tune rely on that (without it the cleaner warned
+    every few seconds, and placement groups of trials Tune stopped were never released, so the
+    next trial's workers waited forever).
     """
     import ray
 
@@ -65,11 +72,24 @@ def init_ray(cfg: RayConfig, *, dashboard: bool = False) -> bool:
     return True
 
 
+def sigterm_as_sigint(signum, frame) -> None:
+    """A SIGTERM handler: the signal goes to whatever handles Ctrl+C at the time (Tune's
+    graceful stop during a search, else Python's KeyboardInterrupt)."""
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 @contextlib.contextmanager
-def ray_session(cfg: RayConfig, *, dashboard: bool = False) -> Iterator[None]:
+def ray_session(cfg: RayConfig, *, dashboard: bool = True) -> Iterator[None]:
     """``with ray_session(cfg.ray): ...``: Ray for the block (see :func:`init_ray`); a Ray that
-    this block started is shut down when it ends, one that was running is left running."""
+    this block started is shut down when it ends, one that was running is left running.
+
+    ``ray.init`` installs Ray's own SIGTERM handler (it aborts the process); when a job asked
+    for SIGTERM to stop it like Ctrl+C (``jobs._cli.run``), that is put back."""
+    job_handler = signal.getsignal(signal.SIGTERM)
     started = init_ray(cfg, dashboard=dashboard)
+    quiet_logs()
+    if job_handler is sigterm_as_sigint and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, sigterm_as_sigint)
     try:
         yield
     finally:
@@ -102,6 +122,24 @@ def actor_pool(requested: int | None, cpus_per_actor: float, *,
     if items is not None:
         size = min(size, max(1, items))
     return ActorPool(size=max(1, size), use_gpu=use_gpu)
+
+
+def quiet_logs() -> None:
+    """In this process (a job's driver, a training worker): keep Ray's per-read notices (a
+    dataset read's progress-bar notice, "execution finished", a checkpoint "successfully
+    created" and the whole metrics of every report) out of the job's log; warnings and errors
+    still show. Preprocessing, evaluation and prediction keep Ray Data's progress bars."""
+    import logging
+
+    for name, level in (("ray.data._internal.progress", logging.ERROR),
+                        ("ray.train", logging.WARNING)):
+        logging.getLogger(name).setLevel(level)
+    try:  # Ray Train 2.60 logs every report under a logger named by its file's path
+        from ray.train.v2._internal.execution import context
+
+        logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    except ImportError:
+        pass
 
 
 def _free_port() -> int:

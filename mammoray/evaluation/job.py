@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,7 +71,7 @@ def _check(opts: EvaluateOptions) -> tuple[dict[str, Any], dict[str, Any], float
     if size != int(meta["size"]):
         raise ConfigError(f"--data {opts.data}: images are {size} x {size} but the checkpoint "
                           f"{opts.checkpoint} takes {meta['size']} x {meta['size']}")
-    output = opts.output or os.path.join(os.path.dirname(os.path.abspath(opts.checkpoint)),
+    output = opts.output or storage.join(storage.dirname(storage.normalize(opts.checkpoint)),
                                          f"evaluation-{opts.split}")
     return meta, info, threshold, output
 
@@ -119,13 +118,14 @@ def run_evaluation(opts: EvaluateOptions, ray_cfg: RayConfig,
     size = int(meta["size"])
     pad = bool(info.get("parameters", {}).get("pad_to_square", False))
     t0 = time.perf_counter()
-    with storage.StagedOutput.create(output, overwrite=opts.overwrite) as staged:
+    with storage.StagedOutput.create(output, overwrite=opts.overwrite, log=log) as staged:
         with ray_session(ray_cfg):
             thresholds = figures.THRESHOLDS
             if threshold is not None and threshold not in thresholds:
                 thresholds = tuple(sorted((*thresholds, threshold)))
             scoring = {"thresholds": thresholds, "batch_size": opts.batch_size,
-                       "actors": opts.actors, "cpus_per_actor": opts.cpus_per_actor}
+                       "actors": opts.actors, "cpus_per_actor": opts.cpus_per_actor,
+                       "wait_s": ray_cfg.resource_wait_s}
             threshold, source = _threshold(opts, threshold, scoring, log)
             k = thresholds.index(threshold)
             log(f"evaluate: scoring split '{opts.split}' ...")

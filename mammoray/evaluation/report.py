@@ -34,7 +34,7 @@ def write_overlays(checkpoint: str, data: str, rows, k: int, threshold: float, s
                    staged: storage.StagedOutput) -> list[dict[str, Any]]:
     """Best and worst images with a mass (by Dice), outlined: truth green, prediction red."""
     from mammoray.inference.overlays import draw_overlay, write_png
-    from mammoray.model.checkpoint import load_checkpoint_model
+    from mammoray.model.checkpoint import LocalCheckpoint, load_checkpoint_model
     from mammoray.model.inputs import decode_rows, predict_probabilities
     from mammoray.model.runtime import configure_tensorflow
 
@@ -47,7 +47,8 @@ def write_overlays(checkpoint: str, data: str, rows, k: int, threshold: float, s
     chosen += [("worst", i) for i in order[::-1][:OVERLAY_CASES] if i not in order[:OVERLAY_CASES]]
     found = _read_rows(data, [rows[i]["image_id"] for _, i in chosen])
     configure_tensorflow(os.cpu_count() or 1, False)
-    model, _, _ = load_checkpoint_model(checkpoint)
+    with LocalCheckpoint(checkpoint) as folder:
+        model, _, _ = load_checkpoint_model(folder)
     cases = []
     for rank, (kind, i) in enumerate(chosen):
         row = found[rows[i]["image_id"]]

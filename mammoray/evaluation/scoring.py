@@ -10,6 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from mammoray.core import resources
 from mammoray.core.dataset import read_rows
 from mammoray.core.ray_session import actor_pool
 from mammoray.evaluation.figures import STAT_KEYS, THRESHOLDS, image_stats
@@ -68,8 +69,8 @@ def split_rows(data: str, split: str):
 
 
 def score_split(checkpoint: str, data: str, split: str, *, thresholds: tuple[float, ...],
-                batch_size: int, actors: int | None,
-                cpus_per_actor: float) -> list[dict[str, Any]]:
+                batch_size: int, actors: int | None, cpus_per_actor: float,
+                wait_s: float) -> list[dict[str, Any]]:
     """Per-image stats of every row of ``split`` (Ray Data, one model per actor)."""
     import ray
 
@@ -79,6 +80,9 @@ def score_split(checkpoint: str, data: str, split: str, *, thresholds: tuple[flo
         raise EvaluationError(f"--data {data}: split '{split}' has no rows")
     batches = -(-rows // batch_size)
     pool = actor_pool(actors, cpus_per_actor, items=batches)
+    resources.ensure_units("evaluation", pool.size, "actor", cpus_per_actor,
+                           1.0 if pool.use_gpu else 0.0, count_flag="--actors",
+                           cpus_flag="", wait_s=wait_s)
     # Enough blocks for every actor to get work (a small split is often one block), made
     # before the actors start: actors holding every CPU would starve the repartition tasks.
     ds = ds.repartition(max(1, min(batches, 8 * pool.size))).materialize()

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from mammoray.core import faults, isolation, storage
+from mammoray.core import faults, isolation, resources, storage
 from mammoray.core.config import ConfigError, RayConfig
 from mammoray.core.ray_session import actor_pool, ray_session
 from mammoray.inference.predictor import (
@@ -108,6 +108,10 @@ def run_prediction(opts: PredictOptions, ray_cfg: RayConfig,
     t0 = time.perf_counter()
     with ray_session(ray_cfg):
         pool = actor_pool(opts.actors, opts.cpus_per_actor, items=len(relpaths))
+        resources.ensure_units("prediction", pool.size, "actor", opts.cpus_per_actor,
+                               1.0 if pool.use_gpu else 0.0, count_flag="--actors",
+                               cpus_flag="", wait_s=ray_cfg.resource_wait_s,
+                               log=log)
         actor_kwargs = {
             "checkpoint": share_checkpoint(opts.checkpoint), "input_root": root,
             "output_root": output, "threshold": opts.threshold, "write_seg": opts.dicom_seg,

@@ -2,12 +2,16 @@
 read by evaluation and prediction, shipped to inference actors on any node.
 
 A checkpoint folder holds:
-- ``model.keras``: the Keras model (``keras.models.load_model`` opens it);
+- ``model.keras``: the Keras model (``keras.models.load_model`` opens it): the weights, once;
 - ``config.json``: ``{"config": the resolved experiment config, "size": input side,
   "preprocessing": the dataset's preprocessing parameters}``: what ``jobs.predict`` applies
   to new DICOMs;
-- in Ray Train's checkpoints only (to resume): ``state.npz`` (model and optimizer variables)
-  and ``history.json`` (the epochs so far).
+- in Ray Train's checkpoints only (to resume): ``optimizer.npz`` (the optimizer's variables:
+  Adam's two slots per weight and its step; the weights themselves come from
+  ``model.keras``) and ``history.json`` (the epochs so far).
+
+A published checkpoint (``<output>/best``) is a folder of :mod:`mammoray.core.storage` (a
+local path or a URI), published only when complete.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from mammoray.core import storage
 from mammoray.core.config import ConfigError, DataConfig, ExperimentConfig, config_from_dict
 
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
-STATE_FILE = "state.npz"
+STATE_FILE = "optimizer.npz"
 HISTORY_FILE = "history.json"
 PUBLISHED_FILES = (MODEL_FILE, CONFIG_FILE)
 
@@ -41,21 +46,21 @@ def write_checkpoint(folder: str, model, config: dict[str, Any], size: int,
                   indent=1)
 
 
-def save_state(folder: str, model, optimizer, history: list[dict[str, Any]]) -> None:
-    """What a resumed run needs besides the model: model and optimizer variables, history."""
-    arrays = {f"m{i}": np.asarray(w) for i, w in enumerate(model.get_weights())}
-    arrays.update({f"o{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)})
+def save_state(folder: str, optimizer, history: list[dict[str, Any]]) -> None:
+    """What a resumed run needs besides ``model.keras``: the optimizer's variables and the
+    history (the weights are not stored a second time)."""
+    arrays = {f"o{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)}
     np.savez(os.path.join(folder, STATE_FILE), **arrays)
     with open(os.path.join(folder, HISTORY_FILE), "w") as fh:
         json.dump(history, fh)
 
 
 def load_state(folder: str, model, optimizer) -> list[dict[str, Any]]:
-    """Restore what :func:`save_state` wrote into a built model and optimizer; returns the
-    history."""
+    """Restore a checkpoint's weights (from ``model.keras``) and optimizer variables into a
+    built model and optimizer; returns the history."""
+    model.load_weights(os.path.join(folder, MODEL_FILE))
+    optimizer.build(model.trainable_variables)
     with np.load(os.path.join(folder, STATE_FILE)) as state:
-        model.set_weights([state[f"m{i}"] for i in range(len(model.get_weights()))])
-        optimizer.build(model.trainable_variables)
         for i, var in enumerate(optimizer.variables):
             var.assign(state[f"o{i}"])
     return read_history(folder)
@@ -67,29 +72,30 @@ def read_history(folder: str) -> list[dict[str, Any]]:
 
 
 def publish_best(checkpoint_folder: str, output: str) -> str:
-    """Copy a checkpoint's model and config to ``<output>/best``, atomically (written aside,
-    then renamed); returns the published folder."""
-    final = os.path.join(output, "best")
-    partial = final + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    os.makedirs(partial)
-    for name in PUBLISHED_FILES:
-        shutil.copy2(os.path.join(checkpoint_folder, name), os.path.join(partial, name))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(partial, final)
-    return final
+    """Copy a (local) checkpoint's model and config to ``<output>/best`` (a local folder or a
+    URI), published only when complete; returns the published folder."""
+    with storage.StagedOutput.create(storage.join(output, "best"), overwrite=True) as staged:
+        for name in PUBLISHED_FILES:
+            with open(os.path.join(checkpoint_folder, name), "rb") as fh:
+                storage.write_bytes(staged.path(name), fh.read())
+    return staged.final
 
 
 # ------------------------------------------------------------------------------ reading
 
 def check_checkpoint(path: str) -> dict[str, Any]:
-    """The checkpoint's config.json, or a clear error naming --checkpoint."""
-    missing = [f for f in PUBLISHED_FILES if not os.path.isfile(os.path.join(path, f))]
+    """The checkpoint's config.json, or a clear error naming --checkpoint (a local folder or
+    a URI)."""
+    path = storage.normalize(path)
+    missing = [f for f in PUBLISHED_FILES if not storage.exists(storage.join(path, f))]
     if missing:
         raise ConfigError(f"--checkpoint {path}: not a checkpoint folder (missing "
                           f"{', '.join(missing)}); give <train output>/best")
-    with open(os.path.join(path, CONFIG_FILE)) as fh:
-        return json.load(fh)
+    try:
+        storage.require_complete(path, "--checkpoint", "checkpoint")
+    except storage.IncompleteOutput as exc:
+        raise ConfigError(str(exc)) from None
+    return json.loads(storage.read_bytes(storage.join(path, CONFIG_FILE)))
 
 
 def load_checkpoint_model(path: str):
@@ -130,16 +136,15 @@ def share_checkpoint(path: str):
     wrote it)."""
     import ray
 
-    files = {}
-    for name in PUBLISHED_FILES:
-        with open(os.path.join(path, name), "rb") as fh:
-            files[name] = fh.read()
-    return ray.put(files)
+    path = storage.normalize(path)
+    return ray.put({name: storage.read_bytes(storage.join(path, name))
+                    for name in PUBLISHED_FILES})
 
 
 class LocalCheckpoint:
-    """``with LocalCheckpoint(shared) as folder:`` a temporary local copy of a shared
-    checkpoint (an object reference from :func:`share_checkpoint`, or a folder path)."""
+    """``with LocalCheckpoint(shared) as folder:`` a local folder of a checkpoint: a local path
+    as it is, or a temporary copy of one on object storage (a URI) or shared through Ray's
+    object store (an object reference from :func:`share_checkpoint`)."""
 
     def __init__(self, shared) -> None:
         self.shared, self.folder = shared, None
@@ -147,9 +152,14 @@ class LocalCheckpoint:
     def __enter__(self) -> str:
         import ray
 
-        if isinstance(self.shared, str):
+        if isinstance(self.shared, str) and not storage.is_uri(self.shared):
             return self.shared
-        files = ray.get(self.shared) if isinstance(self.shared, ray.ObjectRef) else self.shared
+        if isinstance(self.shared, str):
+            files = {name: storage.read_bytes(storage.join(self.shared, name))
+                     for name in PUBLISHED_FILES}
+        else:
+            files = (ray.get(self.shared) if isinstance(self.shared, ray.ObjectRef)
+                     else self.shared)
         self.folder = tempfile.mkdtemp(prefix="mammoray-ckpt-")
         for name, data in files.items():
             with open(os.path.join(self.folder, name), "wb") as fh:

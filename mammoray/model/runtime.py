@@ -16,6 +16,7 @@ def configure_tensorflow(cpus: float, use_gpu: bool) -> None:
 
     threads = max(1, int(round(cpus)))
     cv2.setNumThreads(threads)
+    tf.get_logger().setLevel("WARNING")  # not "INFO:tensorflow:Using MirroredStrategy ..."
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import csv
-import os
+import io
 from typing import Any
 
+from mammoray.core import storage
 from mammoray.model.metrics import METRIC_NAMES
 
 COLUMNS = ["epoch", "loss", "val_loss", *METRIC_NAMES, *(f"val_{m}" for m in METRIC_NAMES),
@@ -13,16 +14,18 @@ COLUMNS = ["epoch", "loss", "val_loss", *METRIC_NAMES, *(f"val_{m}" for m in MET
 
 
 def write_history(history: list[dict[str, Any]], output: str) -> None:
-    """history.csv and curves.png (pixel accuracy, loss, IoU; training and validation)."""
+    """history.csv and curves.png (pixel accuracy, loss, IoU; training and validation) in
+    ``output`` (a local folder or a URI)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(os.path.join(output, "history.csv"), "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(history)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    storage.write_bytes(storage.join(output, "history.csv"), buf.getvalue().encode())
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, (name, title) in zip(axes, (("pixel_accuracy", "pixel accuracy"),
@@ -34,5 +37,7 @@ def write_history(history: list[dict[str, Any]], output: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(output, "curves.png"), dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    storage.write_bytes(storage.join(output, "curves.png"), png.getvalue())

@@ -16,6 +16,7 @@ gradients are those of the global mean. Every worker evaluates the whole validat
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 import time
@@ -185,18 +186,27 @@ def epoch_metrics(epoch: int, history: list[dict[str, Any]], train: tuple, val: 
     return metrics
 
 
+def wants_checkpoint(tcfg: TrainConfig, history: list[dict[str, Any]]) -> bool:
+    """Whether the epoch just ended (the last of ``history``) gets a checkpoint: every
+    ``train.checkpoint_every`` epochs, at a new best validation score, and at the last epoch."""
+    epoch = int(history[-1]["epoch"])
+    return (epoch % tcfg.checkpoint_every == 0 or epoch == tcfg.epochs
+            or history[-1]["val_score"] >= history[-1]["best_val_score"])
+
+
 def report_epoch(replica: Replica, metrics: dict[str, Any], history: list[dict[str, Any]],
-                 config: dict[str, Any], size: int, rank: int) -> None:
-    """``ray.train.report`` on every worker (it is a barrier); rank 0 adds the checkpoint."""
+                 config: dict[str, Any], size: int, rank: int, checkpoint: bool) -> None:
+    """``ray.train.report`` on every worker (it is a barrier); rank 0 adds the checkpoint
+    when there is one to save."""
     import ray.train
 
-    if rank != 0:
+    if rank != 0 or not checkpoint:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as folder:
         ckpt.write_checkpoint(folder, replica.model, config["config"], size,
                               config.get("preprocessing"))
-        ckpt.save_state(folder, replica.model, replica.optimizer, history)
+        ckpt.save_state(folder, replica.optimizer, history)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
@@ -207,8 +217,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     started = time.time()
     import ray.train
 
+    from mammoray.core.ray_session import quiet_logs
     from mammoray.model.runtime import configure_tensorflow
 
+    quiet_logs()
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # the per-epoch reads
     cfg = config_from_dict(config["config"])
     size, tcfg = int(config["size"]), cfg.train
     configure_tensorflow(tcfg.cpus_per_worker, tcfg.use_gpu)
@@ -229,4 +242,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         train = train_one_epoch(replica, shard, tcfg, size, epoch)
         val = validate_one_epoch(replica, val_data, tcfg, size)
         history.append(epoch_metrics(epoch, history, train, val, tcfg, t0, started))
-        report_epoch(replica, history[-1], history, config, size, rank)
+        report_epoch(replica, history[-1], history, config, size, rank,
+                     wants_checkpoint(tcfg, history))

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from mammoray.core import faults, storage
+from mammoray.core import faults, resources, storage
 from mammoray.core.config import ConfigError, ExperimentConfig
 from mammoray.core.dataset import image_size, read_dataset_json, split_dataset
 from mammoray.core.ray_session import ray_session
@@ -110,13 +110,15 @@ def run_training(cfg: ExperimentConfig, *, log: Callable[[str], None] = print) -
     tcfg = cfg.train
     size = image_size(info)
     output = storage.normalize(tcfg.output)
-    if storage.is_uri(output):
-        raise ConfigError("train.output: must be a local folder (checkpoints may go to object "
-                          "storage through train.storage_path)")
-    os.makedirs(output, exist_ok=True)
-    storage_path = tcfg.storage_path or os.path.join(output, "ray_results")
+    if not storage.is_uri(output):
+        os.makedirs(output, exist_ok=True)
+    storage_path = storage.normalize(tcfg.storage_path or storage.join(output, "ray_results"))
     name = run_name(cfg)
     with ray_session(cfg.ray):
+        resources.ensure_units("training", tcfg.num_workers, "worker", tcfg.cpus_per_worker,
+                               1.0 if tcfg.use_gpu else 0.0, count_flag="--num-workers",
+                               cpus_flag="--cpus-per-worker", wait_s=cfg.ray.resource_wait_s,
+                               log=log)
         train_ds = split_dataset(tcfg.data, "train")
         val_ds = split_dataset(tcfg.data, "val")
         n_train, n_val = train_ds.count(), val_ds.count()
@@ -129,10 +131,23 @@ def run_training(cfg: ExperimentConfig, *, log: Callable[[str], None] = print) -
         trainer = build_trainer(cfg, size, info.get("parameters"),
                                 {"train": train_ds, "val": val_ds}, name=name,
                                 storage_path=storage_path)
-        result = trainer.fit()
+        result = fit(trainer)
     if result.error:
         raise result.error
     return publish_run(result, output, log)
+
+
+def fit(trainer):
+    """``trainer.fit()``, stopped by Ctrl+C or SIGTERM as every job is (KeyboardInterrupt).
+
+    During ``fit`` Ray Train handles SIGINT itself: it aborts the run's workers gracefully,
+    then ends the process with ``sys.exit``. That exit is turned back into the interrupt, so
+    the job reports it as an interrupt (what was kept, how to continue) instead of ending
+    with a bare exit code."""
+    try:
+        return trainer.fit()
+    except SystemExit:
+        raise KeyboardInterrupt from None
 
 
 def publish_run(result, output: str, log: Callable[[str], None]) -> dict[str, Any]:
@@ -146,8 +161,8 @@ def publish_run(result, output: str, log: Callable[[str], None]) -> dict[str, An
     summary = {"best_epoch": best["epoch"], "best": {k: best[k] for k in (
         "val_loss", "val_iou", "val_dice", "val_pixel_accuracy", "val_fp_rate")},
         "epochs": len(history), "output": output}
-    with open(os.path.join(output, "summary.json"), "w") as fh:
-        json.dump(summary, fh, indent=1)
+    storage.write_bytes(storage.join(output, "summary.json"),
+                        json.dumps(summary, indent=1).encode())
     log(f"train: best epoch {summary['best_epoch']} of {len(history)}: validation IoU "
         f"{best['val_iou']:.3f}, Dice {best['val_dice']:.3f} -> {output}/best")
     return summary

@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import math
-import os
 from typing import Any
 
 import yaml
@@ -102,10 +101,10 @@ def write_best_config(cfg: ExperimentConfig, row: dict[str, Any], path: str) -> 
     tree.pop("tune")
     for key in ("output", "run_name", "storage_path"):
         tree["train"][key] = None
-    header = (f"# Best trial {row['trial_id']} of the search in {os.path.dirname(path)}:\n"
+    header = (f"# Best trial {row['trial_id']} of the search in {storage.dirname(path)}:\n"
               f"# validation IoU {row['best_val_iou']:.4f}, Dice {row['best_val_dice']:.4f} at "
               f"epoch {row['best_epoch']} of {row['epochs_run']}.\n"
-              f"#   python -m jobs.train --config {os.path.basename(path)} --output DIR\n")
+              f"#   python -m jobs.train --config {storage.basename(path)} --output DIR\n")
     text = header + yaml.safe_dump(tree, sort_keys=False, default_flow_style=None)
     storage.write_bytes(path, text.encode())
 

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mammoray.core import storage
+from mammoray.core import resources, storage
 from mammoray.core.config import ConfigError, ExperimentConfig, config_from_dict
 from mammoray.core.dataset import image_size, read_dataset_json, split_dataset
 from mammoray.core.ray_session import ray_session
@@ -89,9 +89,6 @@ def check_search_config(cfg: ExperimentConfig, *, resume: bool) -> dict[str, Any
         raise ConfigError("train.data: required (the jobs.preprocess output); pass --data DIR")
     if not t.output:
         raise ConfigError("tune.output: required (the search output); pass --output DIR")
-    if storage.is_uri(t.output):
-        raise ConfigError("tune.output: must be a local folder (the search's state may go to "
-                          "object storage through tune.storage_path)")
     info = read_dataset_json(cfg.train.data)
     size = image_size(info)
     for levels in range(t.levels[0], t.levels[1] + 1):
@@ -126,7 +123,8 @@ def stored_config(cfg: ExperimentConfig) -> ExperimentConfig:
 
 def storage_root(cfg: ExperimentConfig) -> str:
     t = cfg.tune
-    return storage.normalize(t.storage_path or os.path.join(t.output, "ray_results"))
+    return storage.normalize(t.storage_path or storage.join(storage.normalize(t.output),
+                                                             "ray_results"))
 
 
 def experiment_path(cfg: ExperimentConfig) -> str:
@@ -242,12 +240,19 @@ def run_search(cfg: ExperimentConfig, *, resume: bool = False,
     info = check_search_config(cfg, resume=resume)
     t = cfg.tune
     size = image_size(info)
-    os.makedirs(storage.normalize(t.output), exist_ok=True)
+    if not storage.is_uri(t.output):
+        os.makedirs(storage.normalize(t.output), exist_ok=True)
     exp_path = experiment_path(cfg)
     base = cfg.to_dict()
     batches = max(t.batch_size or [cfg.train.batch_size]) * cfg.train.num_workers
     t0 = time.time()
-    with ray_session(cfg.ray, dashboard=True):
+    with ray_session(cfg.ray):
+        cpus, gpus = per_trial_resources(cfg)
+        workers = cfg.train.num_workers
+        resources.ensure_units("each search trial", workers, "worker", cpus / workers,
+                               gpus / workers, count_flag="train.num_workers:",
+                               cpus_flag="--cpus-per-worker", wait_s=cfg.ray.resource_wait_s,
+                               log=log)
         train_ds = split_dataset(cfg.train.data, "train")
         val_ds = split_dataset(cfg.train.data, "val")
         n_train, n_val = train_ds.count(), val_ds.count()
@@ -308,12 +313,11 @@ def write_outputs(cfg: ExperimentConfig, results: list[dict[str, Any]], *,
     baseline = baseline_params(cfg) if t.start_from_config else None
     rows = trial_rows(results, base, epochs, baseline)
     histories = {r["trial_id"]: r["history"] for r in results}
-    summary_path = os.path.join(output, "summary.json")
-    if os.path.exists(summary_path):
-        os.remove(summary_path)  # the outputs below are of this run; summary.json comes last
-    write_csv(rows, os.path.join(output, "trials.csv"))
+    summary_path = storage.join(output, "summary.json")
+    storage.delete(summary_path)  # the outputs below are of this run; summary.json comes last
+    write_csv(rows, storage.join(output, "trials.csv"))
     opened = [name for name, _ in SEARCHED_CHOICES if getattr(t, name)]
-    plot_search(rows, histories, os.path.join(output, "search.png"), opened)
+    plot_search(rows, histories, storage.join(output, "search.png"), opened)
     # Ranked by the validation score: IoU, or minus the validation loss when the validation
     # split has no mass (IoU undefined).
     scored = [r for r in rows if not math.isnan(r["best_val_score"])]
@@ -327,7 +331,7 @@ def write_outputs(cfg: ExperimentConfig, results: list[dict[str, Any]], *,
         best = max(scored, key=lambda r: r["best_val_score"])
         result = next(r for r in results if r["trial_id"] == best["trial_id"])
         best_cfg = trial_config(base, result["params"], for_search=False)
-        write_best_config(best_cfg, best, os.path.join(output, "best_config.yaml"))
+        write_best_config(best_cfg, best, storage.join(output, "best_config.yaml"))
         if result["best_checkpoint"]:
             with ray.train.Checkpoint(result["best_checkpoint"]).as_directory() as d:
                 ckpt.publish_best(d, output)

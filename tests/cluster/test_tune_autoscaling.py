@@ -86,6 +86,10 @@ def test_pending_trials_make_the_autoscaler_add_nodes_and_the_search_finishes(cl
         stop.set()
         watcher.join()
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    # No node held a trial's 2-CPU worker: the job said what it waited for, and went on.
+    assert ("waiting for the autoscaler: each search trial asks 1 worker x 2 CPUs = 2 CPUs; "
+            "this Ray has 1 CPU (waiting up to 600 s: ray.resource_wait_s)") in out.stdout
+    assert "the cluster holds it now: this Ray has 3 CPUs on 2 nodes" in out.stdout
     assert max(nodes) == 3, nodes  # head + the worker type's maximum of 2
     with open(dataset / "search" / "trials.csv") as fh:
         rows = list(csv.DictReader(fh))

@@ -6,15 +6,12 @@ import glob
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, TEST_SALT
+from conftest import TEST_SALT, job_env, start_held, stop
 
 from mammoray.core.config import config_from_dict
 from mammoray.core.deid import Salt, salted_key
@@ -180,25 +177,28 @@ def test_missing_input_is_named(tmp_path):
 def test_killed_job_leaves_no_output_that_looks_complete(raw, tmp_path):
     """SIGKILL the job while it runs (deterministically: a fault holds its third image): the
     final output folder must not exist; only the staged partial one is left."""
-    from mammoray.core import faults
-
     root, _ = raw
-    out = tmp_path / "killed"
-    hold = tmp_path / "hold"
-    env = dict(os.environ, **{faults.ENV: json.dumps([
-        {"at": "preprocess.image", "action": "hold", "dir": str(hold), "arrival": 3}])})
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jobs.preprocess", "--input", str(root), "--output", str(out),
-         "--size", "64", "--num-cpus", "2"], cwd=REPO, env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None and not (hold / "fired").exists():
-            time.sleep(0.05)
-        assert (hold / "fired").exists(), "the job never reached its third image"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the job's own session: it and its Ray
-        proc.wait(timeout=30)
+    out, hold = tmp_path / "killed", tmp_path / "hold"
+    proc = start_held(["jobs.preprocess", "--input", str(root), "--output", str(out), "--size",
+                       "64", "--num-cpus", "2"],
+                      job_env({"at": "preprocess.image", "action": "hold", "dir": str(hold),
+                               "arrival": 3}), hold, tmp_path / "log", timeout=120)
+    stop(proc, signal.SIGKILL)  # the job; then what is left of its session (its Ray)
     assert not out.exists()
     assert len(glob.glob(str(out) + ".partial-*")) == 1
+
+
+def test_ctrl_c_stops_the_job_and_publishes_nothing(raw, tmp_path):
+    """Ctrl+C (SIGINT) while the job is held at its third image: it ends within 30 s with code
+    130 and says so; no output, and no partial folder left."""
+    root, _ = raw
+    out, hold, log = tmp_path / "interrupted", tmp_path / "hold", tmp_path / "log"
+    proc = start_held(["jobs.preprocess", "--input", str(root), "--output", str(out), "--size",
+                       "64", "--num-cpus", "2"],
+                      job_env({"at": "preprocess.image", "action": "hold", "dir": str(hold),
+                               "arrival": 3}), hold, log, timeout=120)
+    stopped = stop(proc, signal.SIGINT)
+    err = log.read_text()
+    assert proc.returncode == 130 and stopped <= 30, (stopped, err[-2000:])
+    assert "interrupted: nothing partial was published; run the same command again" in err
+    assert not out.exists() and not glob.glob(str(out) + ".partial-*")

@@ -81,14 +81,16 @@ def test_best_checkpoint_reloads_and_predicts_like_its_weights(trained):
     import keras
 
     from mammoray.core.config import ModelConfig
-    from mammoray.model.checkpoint import load_checkpoint_model
+    from mammoray.model import checkpoint as ckpt
     from mammoray.model.unet import build_unet
 
     out, summary, _ = trained
-    model, cfg, size = load_checkpoint_model(str(out / "best"))
+    model, cfg, size = ckpt.load_checkpoint_model(str(out / "best"))
     assert size == SIZE and cfg.model.levels == 3
+    assert (out / "best" / "_COMPLETE").is_file()  # published whole
     same = keras.models.load_model(str(out / "best" / "model.keras"), compile=False)
-    # The best epoch's saved state, loaded into a freshly built model, predicts the same.
+    # The best epoch's Ray Train checkpoint, restored into a freshly built model and
+    # optimizer as a resumed run restores it, predicts the same.
     states = [d for d in glob.glob(str(out / "ray_results" / "*" / "checkpoint_*"))
               if os.path.isdir(d) and len(json.load(open(os.path.join(d, "history.json"))))
               == summary["best_epoch"]]
@@ -100,22 +102,22 @@ def test_best_checkpoint_reloads_and_predicts_like_its_weights(trained):
         fresh = build_unet(ModelConfig(levels=3, base_filters=8), SIZE)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    with np.load(os.path.join(states[0], "state.npz")) as state:
-        fresh.set_weights([state[f"m{i}"] for i in range(len(fresh.get_weights()))])
+    optimizer = keras.optimizers.Adam()
+    history = ckpt.load_state(states[0], fresh, optimizer)
+    assert len(history) == summary["best_epoch"]
     x = np.random.default_rng(0).random((2, SIZE, SIZE, 1)).astype("float32")
     np.testing.assert_allclose(model.predict(x, verbose=0), fresh.predict(x, verbose=0),
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(model.predict(x, verbose=0), same.predict(x, verbose=0))
-
-
-def test_resume_continues_from_the_latest_checkpoint(data, trained):
-    from mammoray.training.trainer import run_training
-
-    out, _, first = trained
-    run_training(train_cfg(data, out, epochs=4), log=lambda _: None)
-    rows = history(out)
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
-    assert [r["loss"] for r in rows[:3]] == [r["loss"] for r in first]
+    # Lean: the weights are stored once (model.keras); the state file holds the optimizer's
+    # variables only (Adam: two slots per weight, plus its step counter and learning rate).
+    assert sorted(os.listdir(states[0])) == ["config.json", "history.json", "model.keras",
+                                             "optimizer.npz"]
+    with np.load(os.path.join(states[0], "optimizer.npz")) as state:
+        assert len(state.files) == len(optimizer.variables)
+        sizes = sorted(state[f].size for f in state.files)
+    weights = sorted(int(np.prod(w.shape)) for w in fresh.trainable_weights)
+    assert sizes[-2 * len(weights):] == sorted(weights + weights)
 
 
 @pytest.mark.slow
@@ -157,3 +159,62 @@ def test_cli_dry_run_and_errors(data, capsys):
     cfg.write_text("train:\n  epoch: 3\n")
     assert train.main(["--config", str(cfg)]) == 2
     assert "train.epoch: unknown key" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sigterm_stops_training_in_seconds_and_the_same_command_resumes(data, tmp_path):
+    """A fault holds the worker at the start of epoch 2 (epoch 1's checkpoint saved); SIGTERM
+    (as `ray job stop` sends) ends the job within 30 s with code 130 and how to continue; the
+    same command then resumes from epoch 2."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO, job_env, start_held, stop
+
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {levels: 3, base_filters: 8}\n"
+                      "train: {epochs: 2, batch_size: 2, learning_rate: 0.003, loss: bce, "
+                      "cpus_per_worker: 2}\n")
+    out, hold, log = tmp_path / "run", tmp_path / "hold", tmp_path / "train.log"
+    args = ["jobs.train", "--config", str(config), "--data", str(data / "ds"), "--output",
+            str(out), "--num-cpus", "2"]
+    proc = start_held(args, job_env({"at": "train.epoch", "action": "hold", "dir": str(hold),
+                                     "epoch": 2}), hold, log, timeout=240)
+    # Rank 0 has reported epoch 1's checkpoint; Ray Train's controller registers it (in its
+    # snapshot) when it next polls the workers. Interrupt after that, not in the gap.
+    deadline = time.time() + 60
+    while time.time() < deadline and not registered_checkpoints(out / "ray_results"):
+        time.sleep(0.2)
+    assert registered_checkpoints(out / "ray_results") == 1, log.read_text()[-3000:]
+    stopped = stop(proc, signal.SIGTERM)
+    text = log.read_text()
+    assert proc.returncode == 130 and stopped <= 30, (stopped, text[-3000:])
+    assert "interrupted: the checkpoints saved so far are kept" in text
+    assert not (out / "best").exists() and not (out / "history.csv").exists()
+    [kept] = glob.glob(str(out / "ray_results" / "*" / "checkpoint_*" / "history.json"))
+    epoch1 = json.load(open(kept))
+    assert [h["epoch"] for h in epoch1] == [1]
+    # Resumed with a fault that never fires and counts the starts of epoch 1: none.
+    count = tmp_path / "epoch1"
+    resumed = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=job_env(
+        {"at": "train.epoch", "action": "hold", "dir": str(count), "epoch": 1, "arrival": 99}),
+        capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    rows = history(out)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert not count.exists()  # it went on from epoch 1's checkpoint ...
+    assert float(rows[0]["loss"]) == epoch1[0]["loss"]  # ... and kept epoch 1 as it was
+
+
+def registered_checkpoints(storage_path) -> int:
+    """The checkpoints Ray Train's controller has registered for the run under
+    ``storage_path`` (its checkpoint manager's snapshot), 0 before the first."""
+    found = 0
+    for snapshot in storage_path.glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            found += len(json.loads(snapshot.read_text()).get("checkpoint_results", []))
+        except ValueError:  # being written
+            pass
+    return found

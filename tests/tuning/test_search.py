@@ -13,7 +13,7 @@ import time
 
 import pytest
 import yaml
-from conftest import REPO, preprocessed
+from conftest import REPO, job_env, preprocessed, start_held, stop
 
 from mammoray.core.config import ConfigError, config_from_dict, load_config
 from mammoray.tuning.results import trial_rows
@@ -51,7 +51,7 @@ def data(tmp_path_factory, tune_ray):
 
 def search_tree(base, output, **tune):
     return {"model": {"levels": 3, "base_filters": 4, "dropout": [0.2]},
-            "train": {"data": str(base / "ds"), "epochs": 3, "batch_size": 2, "loss": "bce",
+            "train": {"data": str(base / "ds"), "epochs": 2, "batch_size": 2, "loss": "bce",
                       "learning_rate": 0.003, "cpus_per_worker": 2},
             "tune": {"output": str(output), "num_samples": 3, "max_concurrent": 2,
                      "levels": [2, 3], "learning_rate": [1e-3, 1e-2], "cpus_per_worker": 1,
@@ -100,7 +100,7 @@ def test_three_trials_with_one_dropout_rate_per_level(searched):
         assert len(dropout) == int(r["levels"]) and 2 <= int(r["levels"]) <= 3
         assert all(0.1 <= d <= 0.5 for d in dropout)
         assert 1e-3 <= float(r["learning_rate"]) <= 1e-2
-        assert r["status"] in ("completed", "stopped") and 1 <= int(r["epochs_run"]) <= 3
+        assert r["status"] in ("completed", "stopped") and 1 <= int(r["epochs_run"]) <= 2
         assert 0.0 <= float(r["best_val_dice"]) <= 1.0
     # The config's own values are the first trial (the baseline), run under the same budget.
     baseline = [r for r in rows if r["baseline"] == "True"]
@@ -125,7 +125,7 @@ def test_best_config_loads_into_training_and_matches_the_best_trial(searched, tm
     assert loaded.model.levels == int(summary["best"]["levels"])
     assert loaded.model.dropout == json.loads(summary["best"]["dropout"])
     assert loaded.train.learning_rate == summary["best"]["learning_rate"]
-    assert loaded.train.epochs == 3 and loaded.train.cpus_per_worker == 2  # not the search's
+    assert loaded.train.epochs == 2 and loaded.train.cpus_per_worker == 2  # not the search's
     assert loaded.train.data == str(out.parent / "ds") and loaded.train.output is None
     model, ckpt_cfg, size = load_checkpoint_model(str(out / "best"))
     assert size == SIZE and ckpt_cfg.model.dropout == loaded.model.dropout
@@ -214,9 +214,8 @@ def _trial_results(exp):
 def test_resume_continues_an_interrupted_search_without_rerunning_finished_trials(data,
                                                                                  tmp_path):
     """Deterministic: a fault holds the second trial at the start of its epoch 2 (its epoch 1
-    checkpoint saved, the first trial finished); Ctrl+C then; --resume finishes the search."""
-    from mammoray.core import faults
-
+    checkpoint saved, the first trial finished); SIGTERM then (it stops a search as Ctrl+C
+    does, within 30 s); --resume finishes the search."""
     out = tmp_path / "search"
     config = tmp_path / "search.yaml"
     # Trials at once left to the cluster: one 2-CPU trial fits the local Ray's 2 CPUs. ASHA
@@ -224,35 +223,21 @@ def test_resume_continues_an_interrupted_search_without_rerunning_finished_trial
     tree = search_tree(data, out, max_concurrent=0, cpus_per_worker=2, start_from_config=False,
                        num_samples=2, grace_period=3)
     tree["tune"].pop("output")
+    tree["train"]["epochs"] = 3
     config.write_text(yaml.safe_dump(tree))
-    command = [sys.executable, "-m", "jobs.tune", "--config", str(config), "--output", str(out)]
+    args = ["jobs.tune", "--config", str(config), "--output", str(out)]
     hold, epoch1 = tmp_path / "hold", tmp_path / "epoch1"
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", **{faults.ENV: json.dumps([
+    env = job_env(
         {"at": "train.epoch", "action": "hold", "dir": str(hold), "epoch": 2, "arrival": 2},
         # Never fires; counts the starts of epoch 1 (a trial run again from scratch would
         # start epoch 1 a third time).
-        {"at": "train.epoch", "action": "hold", "dir": str(epoch1), "epoch": 1,
-         "arrival": 99}])})
-    env.pop("RAY_ADDRESS", None)
+        {"at": "train.epoch", "action": "hold", "dir": str(epoch1), "epoch": 1, "arrival": 99})
     exp = out / "ray_results" / "search"
-    # The job's output goes to a file: a pipe nobody reads while the test polls fills up and
-    # blocks the job.
     log_path = tmp_path / "tune.log"
-    with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
-                                stdout=log_file, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None and not (hold / "fired").exists():
-            time.sleep(0.2)
-        assert (hold / "fired").exists(), "the second trial never reached epoch 2:\n" + \
-            log_path.read_text(errors="replace")[-3000:]
-        proc.send_signal(signal.SIGINT)  # Ctrl+C
-        proc.wait(timeout=180)
-    finally:
-        _end_session(proc)
+    proc = start_held(args, env, hold, log_path, timeout=300)
+    stopped = stop(proc, signal.SIGTERM, timeout=180)  # as `ray job stop` does; as Ctrl+C
     log = log_path.read_text(errors="replace")
-    assert proc.returncode == 2, log[-3000:]
+    assert proc.returncode == 2 and stopped <= 30, (stopped, log[-3000:])
     assert "--resume" in log and not (out / "summary.json").exists()
     # The search config is saved with the trials at once it runs with (the restored searcher
     # keeps that number, whatever the cluster holds on resuming).
@@ -263,7 +248,8 @@ def test_resume_continues_an_interrupted_search_without_rerunning_finished_trial
     assert len(finished) == 1 and [h["epoch"] for h in mid[finished[0]]] == [1, 2, 3]
     before = {t: mid[t] for t in finished}
 
-    resumed = subprocess.run(command + ["--resume"], cwd=REPO, env=env, capture_output=True,
+    resumed = subprocess.run([sys.executable, "-m", *args, "--resume"], cwd=REPO, env=env,
+                             capture_output=True,
                              text=True, timeout=600, start_new_session=True)
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
     assert "at most 1 at once" in resumed.stdout
@@ -280,24 +266,3 @@ def test_resume_continues_an_interrupted_search_without_rerunning_finished_trial
     # all (once per trial), epoch 2 three times (the held start, and once more after resuming).
     assert sorted(os.listdir(epoch1)) == ["arrival-1", "arrival-2"]
     assert sorted(os.listdir(hold)) == ["arrival-1", "arrival-2", "arrival-3", "fired"]
-
-
-def _end_session(proc: subprocess.Popen) -> None:
-    """End what is left of a job's process session (its local Ray, if it leaked)."""
-    import psutil
-
-    if proc.poll() is None:
-        proc.kill()
-    left = []
-    for p in psutil.process_iter(["pid"]):
-        try:
-            if os.getsid(p.pid) == proc.pid:
-                left.append(p)
-        except OSError:
-            pass
-    for p in left:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(left, timeout=10)
