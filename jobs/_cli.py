@@ -14,22 +14,41 @@ EXIT_USAGE = 2
 
 
 def add_ray_flags(parser: argparse.ArgumentParser) -> None:
+    """``--address``, ``--num-cpus`` and ``--set KEY=VALUE``, which every Ray job takes."""
     parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a local "
                         "Ray started by the job)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray the job starts")
+    parser.add_argument("--set", action="append", default=[], dest="sets",
+                        metavar="KEY=VALUE", help="set a config key, e.g. --set "
+                        "train.epochs=5 or --set model.dropout=[0.1,0.2]: dotted key, YAML "
+                        "value, checked like the config file; applied after the other flags; "
+                        "repeatable")
 
 
 def ray_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"ray.address": args.address, "ray.num_cpus": args.num_cpus}
 
 
-def ray_config(args: argparse.Namespace):
-    """The ``ray`` section from the flags alone (jobs that take no config file)."""
+def config_sets(args: argparse.Namespace) -> dict[str, Any]:
+    """The job's ``--set`` values (ConfigError on a malformed one)."""
+    from mammoray.core.config import parse_sets
+
+    return parse_sets(args.sets)
+
+
+def ray_config(args: argparse.Namespace, job: str):
+    """The ``ray`` section from the flags alone (jobs that take no config file); their
+    ``--set`` may only name ``ray.*`` keys."""
     from mammoray.core.config import config_from_dict
 
+    sets = config_sets(args)
+    other = [k for k in sets if not k.startswith("ray.")]
+    if other:
+        raise ConfigError(f"--set {other[0]}: {job} takes a config's ray.* keys only (its "
+                          "other options are its flags; see --help)")
     return config_from_dict({"ray": {k.split(".", 1)[1]: v
                                      for k, v in ray_overrides(args).items()
-                                     if v is not None}}).ray
+                                     if v is not None}}, sets=sets).ray
 
 
 EXIT_INTERRUPTED = 130

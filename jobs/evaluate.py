@@ -33,7 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "per GPU when the cluster has GPUs)")
     p.add_argument("--bootstrap", type=int, default=1000,
                    help="bootstrap resamples (by patient) for the 95%% intervals")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
+                   help="replace an existing output")
     add_ray_flags(p)
     return p.parse_args(argv)
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--batch-size and --actors must be at least 1")
         if args.bootstrap < 10:
             raise ValueError("--bootstrap must be at least 10")
-        ray_cfg = ray_config(args)
+        ray_cfg = ray_config(args, "jobs.evaluate")
         run_evaluation(EvaluateOptions(
             checkpoint=args.checkpoint, data=args.data, split=args.split, output=args.output,
             threshold=args.threshold, batch_size=args.batch_size, actors=args.actors,

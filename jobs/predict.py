@@ -1,8 +1,8 @@
 """Predict breast-mass masks for DICOM mammograms, on their original pixel grid.
 
     python -m jobs.predict --checkpoint PATH --input FILE_OR_DIR [--output DIR]
-        [--threshold T] [--no-dicom-seg] [--overwrite] [--actors N] [--address ADDR]
-        [--num-cpus N]
+        [--threshold T] [--no-dicom-seg] [--overwrite | --skip-existing] [--actors N]
+        [--address ADDR] [--num-cpus N] [--set ray.KEY=VALUE]
 
 For each DICOM (*.dcm, *.dicom or a name without an extension, recursively): <stem>_prob.png,
 <stem>_mask.png, <stem>_overlay.png, <stem>_seg.dcm (DICOM Segmentation) and <stem>.json, by
@@ -27,10 +27,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output", help="output root (default: beside the input DICOMs)")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="probability threshold in (0, 1) (default 0.5)")
-    p.add_argument("--no-dicom-seg", action="store_true", help="do not write <stem>_seg.dcm")
-    p.add_argument("--overwrite", action="store_true",
+    p.add_argument("--dicom-seg", action=argparse.BooleanOptionalAction, default=True,
+                   help="write <stem>_seg.dcm, a DICOM Segmentation (default: yes)")
+    p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                    help="replace existing prediction files (by default an existing "
                         "<stem>_mask.png etc. stops the job before any work)")
+    p.add_argument("--skip-existing", action=argparse.BooleanOptionalAction, default=False,
+                   help="predict only the inputs whose outputs are not all there yet, and "
+                        "keep the others (resumes a large prediction run)")
     p.add_argument("--actors", type=int, help="inference actors (default: one per CPU, or one "
                    "per GPU when the cluster has GPUs)")
     add_ray_flags(p)
@@ -44,18 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     def job() -> None:
         if args.actors is not None and args.actors < 1:
             raise ValueError("--actors must be at least 1")
-        ray_cfg = ray_config(args)
+        ray_cfg = ray_config(args, "jobs.predict")
         summary = run_prediction(PredictOptions(
             checkpoint=args.checkpoint, input=args.input, output=args.output,
-            threshold=args.threshold, dicom_seg=not args.no_dicom_seg,
-            overwrite=args.overwrite, actors=args.actors), ray_cfg)
-        if summary["predicted"] == 0:
+            threshold=args.threshold, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
+            skip_existing=args.skip_existing, actors=args.actors), ray_cfg)
+        if summary["predicted"] == 0 and summary["skipped"] == 0:
             raise ValueError(f"--input {args.input}: no file could be predicted "
                              f"({summary['rejected']} rejected; see predict_summary.json)")
 
     return run(job, expected=(ValueError,), interrupted=(
         "the predictions written so far are kept, each file whole; run the same command with "
-        "--overwrite to predict them all again"))
+        "--skip-existing to predict the rest"))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 import sys
 
-from jobs._cli import add_ray_flags, ray_overrides, run
+from jobs._cli import add_ray_flags, config_sets, ray_overrides, run
 from mammoray.core.config import ConfigError, load_config
 from preprocessing.pipeline import PreprocessError, run_preprocess
 from preprocessing.sources import SourceError
@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--input", help="dataset root (data.input)")
     p.add_argument("--output", help="output folder (data.output)")
     p.add_argument("--size", type=int, help="output image side in pixels (data.size)")
-    p.add_argument("--overwrite", action="store_true", default=None,
+    p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=None,
                    help="replace an existing output (data.overwrite)")
     p.add_argument("--source-input", action="append", default=[], metavar="NAME=DIR",
                    help="root of the config's source NAME (data.sources[].input); repeatable")
@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     def job() -> None:
         cfg = load_config(args.config, {
             "data.format": args.format, "data.input": args.input, "data.output": args.output,
-            "data.size": args.size, "data.overwrite": args.overwrite, **ray_overrides(args)})
+            "data.size": args.size, "data.overwrite": args.overwrite, **ray_overrides(args)},
+            config_sets(args))
         if args.source_input:
             inputs = {}
             for item in args.source_input:

@@ -18,6 +18,7 @@ import time
 
 from jobs._cli import run
 from mammoray.core.config import ConfigError
+from mammoray.core.ticker import Ticker
 from mammoray.synthetic import dicom_write
 from mammoray.synthetic.cbis_ddsm import write_cbis_ddsm
 from mammoray.synthetic.common import SynthOptions
@@ -37,9 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--height", type=int, default=512, help="image rows (full field: 4084)")
     p.add_argument("--width", type=int, default=416, help="image columns (full field: 3328)")
-    p.add_argument("--film", action="store_true", help="scanned-film look: 16-bit, labels, "
+    p.add_argument("--film", action=argparse.BooleanOptionalAction, default=False, help="scanned-film look: 16-bit, labels, "
                    "bright borders, tape (CBIS-DDSM-like)")
-    p.add_argument("--scanned-film", action="store_true",
+    p.add_argument("--scanned-film", action=argparse.BooleanOptionalAction, default=False,
                    help="film digitised with background margins on every side, labels and "
                         "lead markers anywhere (inside the breast's box included), no "
                         "orientation or laterality in the header; truth/ keeps the label "
@@ -48,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="mixed, or one of: " + ", ".join(dicom_write.TRANSFER_SYNTAXES))
     p.add_argument("--monochrome1-fraction", type=float, default=0.15,
                    help="fraction of images written as MONOCHROME1")
-    p.add_argument("--defects", action="store_true", help="add unusable files (truncated, "
+    p.add_argument("--defects", action=argparse.BooleanOptionalAction, default=False, help="add unusable files (truncated, "
                    "colour, SR, multi-frame, non-DICOM, mismatched mask) under defects/")
     p.add_argument("--workers", type=int, default=1, help="parallel processes")
     return p.parse_args(argv)
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         writers = {"folder": write_folder_dataset, "cbis-ddsm": write_cbis_ddsm,
                    "inbreast": write_inbreast}
-        truth = writers[args.format](opts)
+        ticker = Ticker(f"synthesize: {args.format}", opts.patients, unit="patients")
+        truth = writers[args.format](opts, ticker)
         defects = len(truth.get("defects", []))
         print(f"synthesize: {len(truth['images'])} {args.format} images of {opts.patients} "
               f"patients ({opts.height} x {opts.width}) + {defects} defect files "

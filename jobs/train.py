@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs._cli import add_ray_flags, ray_overrides, run
+from jobs._cli import add_ray_flags, config_sets, ray_overrides, run
 from mammoray.core.config import load_config
 
 
@@ -29,8 +29,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-workers", type=int, help="Ray Train workers (train.num_workers)")
     p.add_argument("--cpus-per-worker", type=float,
                    help="CPUs per worker (train.cpus_per_worker)")
-    p.add_argument("--use-gpu", action="store_true", default=None,
-                   help="one GPU per worker (train.use_gpu)")
+    p.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None,
+                   help="one GPU per worker, or none (train.use_gpu)")
     p.add_argument("--epochs", type=int, help="epochs (train.epochs)")
     p.add_argument("--storage-path", help="where Ray Train keeps checkpoints (train.storage_path"
                    "; s3://... or gs://... on a multi-node cluster)")
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             "train.num_workers": args.num_workers, "train.use_gpu": args.use_gpu,
             "train.cpus_per_worker": args.cpus_per_worker,
             "train.epochs": args.epochs, "train.storage_path": args.storage_path,
-            **ray_overrides(args)})
+            **ray_overrides(args)}, config_sets(args))
         if args.dry_run:
             dry_run(cfg)
         else:

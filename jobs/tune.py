@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs._cli import add_ray_flags, ray_overrides, run
+from jobs._cli import add_ray_flags, config_sets, ray_overrides, run
 from mammoray.core.config import load_config
 
 
@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, help="epochs per trial (tune.epochs)")
     p.add_argument("--cpus-per-worker", type=float,
                    help="CPUs per training worker during the search (tune.cpus_per_worker)")
-    p.add_argument("--resume", action="store_true",
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
                    help="continue the interrupted search in the output's storage path")
     add_ray_flags(p)
     return p.parse_args(argv)
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             "train.data": args.data, "tune.output": args.output,
             "tune.num_samples": args.num_samples, "tune.max_concurrent": args.max_concurrent,
             "tune.epochs": args.epochs, "tune.cpus_per_worker": args.cpus_per_worker,
-            **ray_overrides(args)})
+            **ray_overrides(args)}, config_sets(args))
         run_search(cfg, resume=args.resume)
 
     return run(job, expected=(TrainError, SearchInterrupted), interrupted=(

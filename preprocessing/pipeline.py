@@ -11,7 +11,9 @@ Output layout::
     <output>/data/*.parquet     one row per image (columns: preprocessing.transform.COLUMNS
                                 minus status; `reason` and `relpath` are null there)
     <output>/rejected.parquet   relpath, source, image_id, reason: one row per rejected file
-    <output>/dataset.json       parameters, counts, splits, schema and code version
+    <output>/dataset.json       parameters, counts, splits, fingerprint, schema and code
+                                version
+    <output>/qc/<source>.png    QC contact sheets (preprocessing.qc); qc/rejected.png
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from mammoray.core import faults, isolation, resources, storage
 from mammoray.core.config import ConfigError, DataConfig, ExperimentConfig, SourceConfig
 from mammoray.core.deid import Salt, load_salt, salted_key
 from mammoray.core.ray_session import ray_session
-from preprocessing import augment
+from preprocessing import augment, qc
 from preprocessing import splits as splits_mod
 from preprocessing.sources import SCANNERS, SourceImage
 from preprocessing.transform import PASSTHROUGH, SCHEMA, SCHEMA_VERSION, process_batch, rejected_row
@@ -133,8 +135,17 @@ def build_records(scanned: list[tuple[SourceConfig, list[SourceImage]]], cfg: Da
                 "laterality_hint": img.laterality or "",
                 "view_hint": img.view or "",
                 "augment_copies": copies.get(id(img), 0),
+                "qc": False,
                 **{k: img.extra.get(k) for k in PASSTHROUGH},
             })
+    # QC cards for a sample per source: the first by salted image id (random-like, and
+    # the same for the same salt). Twice as many are drawn as a sheet shows, so that files
+    # rejected while decoding do not leave the sheet short (qc.write_sheets keeps the first).
+    for src, _ in scanned:
+        mine = sorted((r for r in records if r["source"] == src.source_name and
+                       not r["reject"]), key=lambda r: r["image_id"])
+        for r in mine[:2 * cfg.qc_samples]:
+            r["qc"] = True
     return records, notes
 
 
@@ -149,7 +160,9 @@ def _code_version() -> str:
 
 
 INDEX_COLUMNS = ("image_id", "patient_key", "source", "split", "augment_index", "has_mass",
-                 "has_mask_annotation")
+                 "has_mask_annotation", "mass_pixels", "orig_height", "orig_width", "flipped",
+                 "crop_x0", "crop_y0", "crop_x1", "crop_y1", "pixel_spacing_row",
+                 "pixel_spacing_col", "intensity_p01", "intensity_p50", "intensity_p99")
 
 
 def _collect(staged: storage.StagedOutput) -> tuple[pa.Table, pa.Table]:
@@ -245,7 +258,8 @@ def _run_pipeline(ray, records: list[dict[str, Any]], notes: dict[str, Any],
     blocks = max(1, min(-(-len(records) // per_task), 4096))
     map_kwargs = {"cfg": data_cfg, "augment_by_source": {
         s.source_name: s.augment for s in data_cfg.resolved_sources()},
-        "injected": faults.from_env()}
+        "injected": faults.from_env(),
+        "qc_dir": staged.path("qc", "cards") if data_cfg.qc_samples else None}
     rows_per_file = data_cfg.rows_per_file or max(1, FILE_BYTES // (data_cfg.size ** 2 * 3))
     # A dataset keeps the DataContext of its creation: tolerate errored blocks from here.
     with isolation.tolerant_blocks():
@@ -264,6 +278,8 @@ def _run_pipeline(ray, records: list[dict[str, Any]], notes: dict[str, Any],
     index, rejected = _collect(staged)
     index, rejected = _rescue_lost(records, index, rejected, staged, map_kwargs, log)
     rejected = rejected.sort_by("relpath")
+    sheets = (qc.write_sheets(map_kwargs["qc_dir"], staged.path("qc"), data_cfg.qc_samples)
+              if map_kwargs["qc_dir"] else {})
     fs, rejected_path = storage.resolve(staged.path("rejected.parquet"))
     pq.write_table(rejected, rejected_path, filesystem=fs)
     originals = pc.equal(index.column("augment_index"), 0)
@@ -287,6 +303,9 @@ def _run_pipeline(ray, records: list[dict[str, Any]], notes: dict[str, Any],
         "rejected_reasons": dict(Counter(rejected.column("reason").to_pylist())),
         "splits": _split_summary(index),
         "split_notes": notes,
+        "fingerprint": qc.fingerprint(index.to_pylist(), data_cfg.size,
+                                      data_cfg.pad_to_square),
+        "qc_sheets": {name: f"qc/{name}.png ({n} cards)" for name, n in sheets.items()},
         "seconds": {"total": round(time.time() - t0, 2),
                     "pipeline": round(t_written - t_ray, 2)},
     }

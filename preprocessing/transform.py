@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,16 +22,15 @@ import pyarrow as pa
 from mammoray.core import faults, storage
 from mammoray.core.config import AugmentConfig, DataConfig
 from mammoray.core.timing import no_timer
-from preprocessing import augment, geometry
+from preprocessing import augment, geometry, qc
 from preprocessing.dicom_io import DicomImage, RejectedImage, read_dicom
 from preprocessing.masks import MASK_READERS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-# Row columns in order. Rejected rows have empty image/mask bytes and carry `relpath` and
-# `reason`; written rows have them null (a data row never names its source file).
-# Row schema (version 1). Rejected rows have empty image/mask bytes and carry `relpath` and
-# `reason`; written rows have them null (a data row never names its source file).
+# Row schema (version 2: + intensity percentiles). Rejected rows have empty image/mask bytes and
+# carry `relpath` and `reason`; written rows have them null (a data row never names its source
+# file).
 SCHEMA = pa.schema([
     ("image_id", pa.string()), ("patient_key", pa.string()), ("source", pa.string()),
     ("split", pa.string()), ("augment_index", pa.int32()), ("laterality", pa.string()),
@@ -43,7 +43,9 @@ SCHEMA = pa.schema([
     ("pixel_spacing_col", pa.float64()), ("pathology", pa.string()),
     ("assessment", pa.string()), ("abnormality_count", pa.int32()), ("subtlety", pa.int32()),
     ("mass_shape", pa.string()), ("mass_margins", pa.string()),
-    ("breast_density", pa.string()), ("status", pa.string()), ("reason", pa.string()),
+    ("breast_density", pa.string()), ("intensity_p01", pa.float64()),
+    ("intensity_p50", pa.float64()), ("intensity_p99", pa.float64()),
+    ("status", pa.string()), ("reason", pa.string()),
     ("relpath", pa.string()),
 ])
 COLUMNS = tuple(SCHEMA.names)
@@ -136,15 +138,18 @@ def rejected_row(record: dict[str, Any], reason: str) -> dict[str, Any]:
     return row
 
 
-def process_record(record: dict[str, Any], cfg: DataConfig, *,
-                   timer=no_timer) -> dict[str, Any]:
+def process_record(record: dict[str, Any], cfg: DataConfig, *, timer=no_timer,
+                   qc_dir: str | None = None) -> dict[str, Any]:
     """Read and preprocess one manifest record; never raises for a bad file.
 
     ``record["mask"]`` is a JSON mask spec for :data:`preprocessing.masks.MASK_READERS` or
-    empty (no annotation); ``record["reject"]`` carries an adapter's reason, if any.
+    empty (no annotation); ``record["reject"]`` carries an adapter's reason, if any. With
+    ``qc_dir``, a record marked ``qc`` and any file rejected after it was decoded leave a
+    card there (:mod:`preprocessing.qc`).
     """
     if record.get("reject"):
         return rejected_row(record, record["reject"])
+    dicom = None
     try:
         with timer("read"):
             data = storage.read_bytes(record["dicom_path"])
@@ -157,7 +162,11 @@ def process_record(record: dict[str, Any], cfg: DataConfig, *,
                 mask, count = MASK_READERS[spec["kind"]](spec, dicom.pixels.shape)
         result = preprocess_image(dicom, mask, cfg, timer=timer)
     except RejectedImage as exc:
-        return rejected_row(record, str(exc))
+        reason = str(exc)
+        if qc_dir and dicom is not None:
+            _qc(lambda: qc.write_card(qc_dir, "rejected", record, qc.rejected_card(
+                dicom.pixels, record, reason)))
+        return rejected_row(record, reason)
     except OSError as exc:
         return rejected_row(record, f"file could not be read ({type(exc).__name__})")
     except Exception as exc:  # a decoder bug must not stop the dataset either
@@ -172,7 +181,18 @@ def process_record(record: dict[str, Any], cfg: DataConfig, *,
         row = _written_row(record, dicom, result, cfg)
     if row["abnormality_count"] is None and count is not None:
         row["abnormality_count"] = count
+    if qc_dir and record.get("qc"):
+        _qc(lambda: qc.write_card(qc_dir, "sample", record, qc.written_card(
+            dicom.pixels, row, result.image, result.mask)))
     return row
+
+
+def _qc(write: Callable[[], None]) -> None:
+    """Write a QC card; a card that cannot be written never costs the image its row."""
+    try:
+        write()
+    except Exception as exc:  # noqa: BLE001 - the row matters, the picture does not
+        print(f"preprocess: a QC card could not be written ({describe(exc)})", flush=True)
 
 
 def describe(exc: BaseException) -> str:
@@ -198,6 +218,8 @@ def _written_row(record: dict[str, Any], dicom: DicomImage, result: ProcessedIma
         flipped=g.flipped, flip_source=result.flip_source, crop_x0=g.crop[0],
         crop_y0=g.crop[1], crop_x1=g.crop[2], crop_y1=g.crop[3],
         pixel_spacing_row=spacing[0], pixel_spacing_col=spacing[1], status="ok")
+    row["intensity_p01"], row["intensity_p50"], row["intensity_p99"] = \
+        qc.intensity_percentiles(dicom.pixels, g.crop)
     return row
 
 
@@ -226,10 +248,12 @@ def _augmenter(cfg: AugmentConfig):
 
 def process_batch(batch: pa.Table, cfg: DataConfig,
                   augment_by_source: dict[str, AugmentConfig] | None = None,
-                  injected: list[dict[str, Any]] | None = None) -> pa.Table:
+                  injected: list[dict[str, Any]] | None = None,
+                  qc_dir: str | None = None) -> pa.Table:
     """Ray Data ``map_batches`` function: manifest columns in, row columns out (plus augmented
     copies of training rows whose record asks for ``augment_copies``). ``injected``: faults
-    of :mod:`mammoray.core.faults` (tests only), at point ``preprocess.image``."""
+    of :mod:`mammoray.core.faults` (tests only), at point ``preprocess.image``. ``qc_dir``:
+    where QC cards go (see :func:`process_record`)."""
     # OpenCV starts a thread per core; a task that reserved N CPUs must use N, or two
     # workers on two cores oversubscribe them (docs/decisions.md).
     cv2.setNumThreads(max(1, int(cfg.cpus_per_task)))
@@ -237,7 +261,7 @@ def process_batch(batch: pa.Table, cfg: DataConfig,
     for record in batch.to_pylist():
         if injected:
             faults.fire(injected, "preprocess.image", relpath=record["relpath"])
-        row = process_record(record, cfg)
+        row = process_record(record, cfg, qc_dir=qc_dir)
         rows.append(row)
         copies = int(record.get("augment_copies") or 0)
         if copies and row["split"] == "train" and augment_by_source:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -59,6 +60,9 @@ def _check_value(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
     elif tp is float:
+        if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+",
+                                                   value.strip()):
+            value = float(value)  # 1e-4: YAML 1.1 (PyYAML) reads it as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         value = float(value)
@@ -242,6 +246,9 @@ class DataConfig:
                                   "a time plus the task's output rows)", min=1, max=256)
     salt_env: str = option("MAMMORAY_PATIENT_SALT", "environment variable holding the secret "
                            "salt of patient keys; unset = a random salt for this run")
+    qc_samples: int = option(8, "images per source drawn as QC cards in <output>/qc/<source>"
+                             ".png (with every decodable rejected file in qc/rejected.png); "
+                             "0 = no qc/ folder", min=0, max=1000)
 
     def resolved_sources(self) -> list[SourceConfig]:
         """The sources of this run: ``sources``, or the single format/input shorthand."""
@@ -343,6 +350,17 @@ class TrainConfig:
                                       "s3://...; several nodes need shared storage); default "
                                       "<output>/ray_results")
     seed: int = option(0, "seed of weight initialisation and shuffling", min=0)
+    tensorboard: bool = option(True, "TensorBoard event files under <output>/tensorboard "
+                               "(every metric per epoch)")
+    tensorboard_images_every: int = option(5, "validation pictures (truth and prediction "
+                                           "outlined) in TensorBoard every this many epochs; "
+                                           "0 = none", min=0, max=100000)
+    tensorboard_images: int = option(4, "validation images per picture set", min=1, max=64)
+    mlflow_tracking_uri: str | None = option(None, "log parameters and every epoch's metrics "
+                                             "to MLflow (Ray's setup_mlflow) at this tracking "
+                                             "URI, e.g. file:/path/mlruns or http://host:5000;"
+                                             " none = no MLflow")
+    mlflow_experiment: str = option("mammoray", "MLflow experiment name")
 
 
 def _check_range(key: str, values: list[Any]) -> None:
@@ -446,19 +464,43 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def config_from_dict(data: dict[str, Any] | None,
-                     overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Validate a config tree, apply dotted ``overrides`` (None values are skipped)."""
+                     overrides: dict[str, Any] | None = None,
+                     sets: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Validate a config tree after applying dotted ``overrides`` (a job's flags: None values,
+    flags not given, are skipped) and then ``sets`` (``--set KEY=VALUE``: applied as given,
+    null included, after the flags)."""
     tree = dict(data or {})
     tree = {k: (dict(v) if isinstance(v, dict) else v) for k, v in tree.items()}
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(tree, key, value)
+    for key, value in (sets or {}).items():
+        _set_dotted(tree, key, value)
     return section_from_dict(ExperimentConfig, tree, "")
 
 
+def parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items -> {dotted key: value}: the value is read as YAML (``5``,
+    ``1e-3``, ``true``, ``null``, ``[0.1, 0.2]``, ``cosine``), so it is typed exactly as in a
+    config file; the keys are checked when the config is built."""
+    sets: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", key):
+            raise ConfigError(f"--set {item}: give SECTION.KEY=VALUE, e.g. --set train.epochs=5")
+        try:
+            sets[key] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item}: the value is not valid YAML ({exc})") from None
+    return sets
+
+
 def load_config(path: str | os.PathLike[str] | None,
-                overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Load and validate a YAML config file (None = all defaults), then apply overrides."""
+                overrides: dict[str, Any] | None = None,
+                sets: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Load and validate a YAML config file (None = all defaults), then apply the flags'
+    ``overrides`` and ``--set`` values (see :func:`config_from_dict`)."""
     data: dict[str, Any] = {}
     if path is not None:
         if not os.path.isfile(path):
@@ -470,4 +512,4 @@ def load_config(path: str | os.PathLike[str] | None,
                 raise ConfigError(f"--config {path}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"--config {path}: the top level must be a mapping of sections")
-    return config_from_dict(data, overrides)
+    return config_from_dict(data, overrides, sets)

@@ -33,7 +33,7 @@ def _read_rows(data: str, image_ids: list[str]) -> dict[str, dict[str, Any]]:
 def write_overlays(checkpoint: str, data: str, rows, k: int, threshold: float, size: int,
                    staged: storage.StagedOutput) -> list[dict[str, Any]]:
     """Best and worst images with a mass (by Dice), outlined: truth green, prediction red."""
-    from mammoray.inference.overlays import draw_overlay, write_png
+    from mammoray.core.overlays import draw_overlay, write_png
     from mammoray.model.checkpoint import LocalCheckpoint, load_checkpoint_model
     from mammoray.model.inputs import decode_rows, predict_probabilities
     from mammoray.model.runtime import configure_tensorflow

@@ -53,6 +53,7 @@ class PredictOptions:
     threshold: float = 0.5
     dicom_seg: bool = True
     overwrite: bool = False
+    skip_existing: bool = False  # keep the inputs whose outputs are all there; predict the rest
     actors: int | None = None
     cpus_per_actor: float = 1.0
 
@@ -82,21 +83,38 @@ def list_inputs(path: str) -> tuple[str, list[str]]:
     return path, rel
 
 
-def check_prediction(opts: PredictOptions) -> tuple[str, list[str], str]:
-    """(input root, input relative paths, output root), or a clear error before any work."""
+def expected_outputs(opts: PredictOptions) -> tuple[str, ...]:
+    return tuple(s for s in OUTPUT_SUFFIXES if opts.dicom_seg or s != "_seg.dcm")
+
+
+def check_prediction(opts: PredictOptions) -> tuple[str, list[str], str, list[str]]:
+    """(input root, input relative paths to predict, output root, inputs skipped because their
+    outputs are all there), or a clear error before any work."""
     if not 0.0 < opts.threshold < 1.0:
         raise ConfigError(f"--threshold {opts.threshold}: must be between 0 and 1 (exclusive)")
+    if opts.overwrite and opts.skip_existing:
+        raise ConfigError("--overwrite and --skip-existing: choose one (replace every "
+                          "prediction, or keep the finished ones)")
     check_checkpoint(opts.checkpoint)
     root, relpaths = list_inputs(opts.input)
     output = storage.normalize(opts.output) if opts.output else root
     present = set(storage.list_files(output)) if storage.is_dir(output) else set()
-    existing = [path for r in relpaths for s in OUTPUT_SUFFIXES
-                if (path := storage.join(output, stem_of(r)) + s) in present]
+
+    def outputs_of(rel: str) -> list[str]:
+        return [storage.join(output, stem_of(rel)) + s for s in expected_outputs(opts)]
+
+    if opts.skip_existing:
+        # <stem>.json is written last: an input with every output present was finished; one
+        # with some of them was interrupted and is predicted again.
+        skipped = [r for r in relpaths if all(p in present for p in outputs_of(r))]
+        return root, [r for r in relpaths if r not in set(skipped)], output, skipped
+    existing = [path for r in relpaths for path in outputs_of(r) if path in present]
     if existing and not opts.overwrite:
         raise ConfigError(f"--output {output}: {len(existing)} prediction file(s) already exist "
                           f"(e.g. {existing[0]}; a <stem>_mask.png may be a ground-truth "
-                          "mask); choose another --output or pass --overwrite")
-    return root, relpaths, output
+                          "mask); choose another --output, pass --skip-existing to predict "
+                          "only the inputs without them, or --overwrite")
+    return root, relpaths, output, []
 
 
 def run_prediction(opts: PredictOptions, ray_cfg: RayConfig,
@@ -104,8 +122,17 @@ def run_prediction(opts: PredictOptions, ray_cfg: RayConfig,
     """Predict every input; returns the summary (also written as predict_summary.json)."""
     import ray
 
-    root, relpaths, output = check_prediction(opts)
+    root, relpaths, output, skipped = check_prediction(opts)
     t0 = time.perf_counter()
+    if skipped:
+        log(f"predict: {len(skipped)} input(s) already predicted (every output there) are "
+            f"kept; predicting the other {len(relpaths)}")
+    if not relpaths:
+        summary = summarize(opts, [], [], time.perf_counter() - t0, skipped)
+        storage.write_bytes(storage.join(output, "predict_summary.json"),
+                            json.dumps(summary, indent=1).encode())
+        log(f"predict: nothing left to predict in {output}")
+        return summary
     with ray_session(ray_cfg):
         pool = actor_pool(opts.actors, opts.cpus_per_actor, items=len(relpaths))
         resources.ensure_units("prediction", pool.size, "actor", opts.cpus_per_actor,
@@ -127,14 +154,14 @@ def run_prediction(opts: PredictOptions, ray_cfg: RayConfig,
                 num_cpus=opts.cpus_per_actor, num_gpus=1 if pool.use_gpu else None,
                 **isolation.retry_args(actors=True)).take_all()
         results += rescue_lost(relpaths, results, actor_kwargs, opts, pool.use_gpu)
-    summary = summarize(opts, relpaths, results, time.perf_counter() - t0)
+    summary = summarize(opts, relpaths, results, time.perf_counter() - t0, skipped)
     storage.write_bytes(storage.join(output, "predict_summary.json"),
                         json.dumps(summary, indent=1).encode())
     for r in summary["images"]:
         if r["status"] != "ok":
             log(f"predict: rejected {r['relpath']}: {r['reason']}")
     log(f"predict: {summary['inputs']} inputs = {summary['predicted']} predicted + "
-        f"{summary['rejected']} rejected; "
+        f"{summary['rejected']} rejected + {summary['skipped']} kept from before; "
         f"{sum(1 for r in summary['images'] if r['mass_found'])} with a mass found -> {output}")
     return summary
 
@@ -159,18 +186,24 @@ def rescue_lost(relpaths: list[str], results: list[dict[str, Any]],
 
 
 def summarize(opts: PredictOptions, relpaths: list[str], results: list[dict[str, Any]],
-              wall_seconds: float) -> dict[str, Any]:
-    """predict_summary.json: counts (inputs = predicted + rejected, checked), median seconds
-    per stage, and every input's status."""
-    results = sorted(results, key=lambda r: r["relpath"])
+              wall_seconds: float, skipped: list[str] | None = None) -> dict[str, Any]:
+    """predict_summary.json: counts (inputs = predicted + rejected + skipped, checked; skipped:
+    kept from an earlier run by --skip-existing), median seconds per stage, and every input's
+    status."""
+    skipped = skipped or []
+    results = sorted(results + [
+        {"relpath": r, "status": "skipped", "reason": "every output already there "
+         "(--skip-existing)", "mass_found": None, "lesions": None, "seg_written": None}
+        for r in skipped], key=lambda r: r["relpath"])
     ok = [r for r in results if r["status"] == "ok"]
-    rejected = [r for r in results if r["status"] != "ok"]
+    rejected = [r for r in results if r["status"] not in ("ok", "skipped")]
     if len(ok) + len(rejected) != len(relpaths):
         raise RuntimeError(f"predict: {len(relpaths)} inputs but {len(ok)} predicted + "
                            f"{len(rejected)} rejected")
     seconds = {s: float(np.median([r[f"seconds_{s}"] for r in ok])) if ok else None
                for s in STAGES}
-    return {"inputs": len(relpaths), "predicted": len(ok), "rejected": len(rejected),
+    return {"inputs": len(relpaths) + len(skipped), "predicted": len(ok),
+            "rejected": len(rejected), "skipped": len(skipped),
             "threshold": opts.threshold, "dicom_seg": opts.dicom_seg,
             "median_seconds_per_image": seconds, "wall_seconds": wall_seconds,
             "images": [{k: r[k] for k in ("relpath", "status", "reason", "mass_found",

@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 
 from mammoray.core import faults, storage
+from mammoray.core.overlays import draw_overlay, write_png
 from mammoray.core.timing import StageTimer
-from mammoray.inference.overlays import draw_overlay, write_png
 from mammoray.inference.seg import dicom_seg
 from mammoray.model.inputs import predict_probabilities, to_model_input
 from preprocessing.dicom_io import RejectedImage, read_dicom

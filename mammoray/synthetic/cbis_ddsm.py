@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -61,8 +62,10 @@ TRAPS = {
 UID_LAYOUT_EVERY = 4
 
 
-def write_cbis_ddsm(opts: SynthOptions) -> dict[str, Any]:
-    """Write a CBIS-DDSM-like tree (mass and calc tables, full images, ROI series)."""
+def write_cbis_ddsm(opts: SynthOptions,
+                    progress: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Write a CBIS-DDSM-like tree (mass and calc tables, full images, ROI series);
+    ``progress()`` after each patient."""
     root = opts.output
     os.makedirs(root, exist_ok=True)
     tables: dict[tuple[str, str], list[dict[str, Any]]] = {
@@ -73,6 +76,8 @@ def write_cbis_ddsm(opts: SynthOptions) -> dict[str, Any]:
     for index in range(opts.patients):
         split = "test" if index >= opts.patients - n_test else "train"
         images += _write_patient(opts, index, split, tables)
+        if progress is not None:
+            progress()
     for (kind, split), rows in tables.items():
         columns = CBIS_COLUMNS_MASS if kind == "mass" else CBIS_COLUMNS_CALC
         name = f"{kind}_case_description_{split}_set.csv"

@@ -9,8 +9,10 @@ used) and a fraction are MONOCHROME1.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -166,19 +168,23 @@ def write_defects(folder: str, seed: int) -> list[dict[str, str]]:
     return defects
 
 
-def write_folder_dataset(opts: FolderOptions) -> dict[str, Any]:
-    """Write ``opts.patients`` patients x 4 views (+ defects) and ``truth.json``."""
+def write_folder_dataset(opts: FolderOptions,
+                         progress: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Write ``opts.patients`` patients x 4 views (+ defects) and ``truth.json``;
+    ``progress()`` after each patient."""
     if (opts.transfer_syntax != "mixed"
             and opts.transfer_syntax not in dicom_write.TRANSFER_SYNTAXES):
         raise ValueError(f"transfer syntax {opts.transfer_syntax!r}: choose mixed or one of "
                          + ", ".join(dicom_write.TRANSFER_SYNTAXES))
     os.makedirs(opts.output, exist_ok=True)
     jobs = [(opts, i) for i in range(opts.patients)]
-    if opts.workers > 1:
-        with ProcessPoolExecutor(max_workers=opts.workers) as pool:
-            per_patient = list(pool.map(_patient_images, jobs))
-    else:
-        per_patient = [_patient_images(j) for j in jobs]
+    per_patient = []
+    with ProcessPoolExecutor(max_workers=opts.workers) if opts.workers > 1 else \
+            contextlib.nullcontext() as pool:
+        for group in (pool.map(_patient_images, jobs) if pool else map(_patient_images, jobs)):
+            per_patient.append(group)
+            if progress is not None:
+                progress()
     images = [t for group in per_patient for t in group]
     defects = write_defects(os.path.join(opts.output, "defects"), opts.seed) if opts.defects else []
     truth = {"format": "folder", "options": asdict(opts), "images": images, "defects": defects}

@@ -15,6 +15,7 @@ import csv
 import json
 import os
 import plistlib
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -43,8 +44,10 @@ TRAPS = {"repeat_exam": 1}
 MONOCHROME1_FRACTION = 0.2
 
 
-def write_inbreast(opts: SynthOptions) -> dict[str, Any]:
-    """Write an INbreast-like tree (AllDICOMs, AllXML, INbreast.xls/.csv)."""
+def write_inbreast(opts: SynthOptions,
+                   progress: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Write an INbreast-like tree (AllDICOMs, AllXML, INbreast.xls/.csv); ``progress()``
+    after each patient."""
     root = opts.output
     for folder in ("AllDICOMs", "AllXML", "AllROI", "MedicalReports", "PectoralMuscle"):
         os.makedirs(os.path.join(root, folder), exist_ok=True)
@@ -62,6 +65,8 @@ def write_inbreast(opts: SynthOptions) -> dict[str, Any]:
                                           lat, view)
                 images.append(entry)
                 table.append(row)
+        if progress is not None:
+            progress()
     _write_table(root, table)
     truth = {"format": "inbreast", "options": asdict(opts), "images": images}
     with open(os.path.join(root, "truth.json"), "w", encoding="utf-8") as fh:

@@ -149,25 +149,33 @@ def train_one_epoch(replica: Replica, shard, tcfg: TrainConfig, size: int,
     return float(reduced[0] / max(1.0, reduced[1])), MetricSums.from_vector(reduced[2:]), seconds
 
 
-def validate_one_epoch(replica: Replica, val_data, tcfg: TrainConfig,
-                       size: int) -> tuple[float, MetricSums]:
-    """The whole validation split on this worker; returns (mean loss, metric sums)."""
+def validate_one_epoch(replica: Replica, val_data, tcfg: TrainConfig, size: int, *,
+                       keep: int = 0) -> tuple[float, MetricSums, tuple | None]:
+    """The whole validation split on this worker; returns (mean loss, metric sums, the first
+    ``keep`` images and truths as model input, or None)."""
     import tensorflow as tf
 
     from mammoray.model.inputs import decode_rows
 
     total = np.zeros(STEP_WIDTH)
+    kept: list[tuple[np.ndarray, np.ndarray]] = []
     for batch in val_data.iter_batches(batch_size=tcfg.batch_size, batch_format="numpy"):
         x, y = decode_rows(batch["image"], batch["mask"], size)
         total += replica.eval_step(tf.constant(x), tf.constant(y)).numpy()
+        if sum(len(k[0]) for k in kept) < keep:
+            kept.append((x, y))
     sums = MetricSums.from_vector(total[1:])
-    return float(total[0] / max(1.0, sums.images)), sums
+    first = None
+    if kept:
+        first = (np.concatenate([k[0] for k in kept])[:keep],
+                 np.concatenate([k[1] for k in kept])[:keep])
+    return float(total[0] / max(1.0, sums.images)), sums, first
 
 
 def epoch_metrics(epoch: int, history: list[dict[str, Any]], train: tuple, val: tuple,
                   tcfg: TrainConfig, t0: float, started: float) -> dict[str, Any]:
     """The epoch's row of history.csv (and what Ray Train, Tune and ASHA see)."""
-    (loss, train_sums, train_seconds), (val_loss, val_sums) = train, val
+    (loss, train_sums, train_seconds), (val_loss, val_sums, _) = train, val
     metrics: dict[str, Any] = {
         "epoch": epoch + 1, "loss": loss, "val_loss": val_loss,
         "train_images": int(train_sums.images), "val_images": int(val_sums.images),
@@ -234,13 +242,73 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     history = restore(replica)
     shard, val_data = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     injected = config.get("faults") or []
+    live = LiveReport.start(config, cfg, rank, restored=history)
     for epoch in range(len(history), tcfg.epochs):
         replica.set_learning_rate(learning_rate_at(tcfg, epoch))
         if injected:
             faults.fire(injected, "train.epoch", epoch=epoch + 1, rank=rank)
         t0 = time.time()
         train = train_one_epoch(replica, shard, tcfg, size, epoch)
-        val = validate_one_epoch(replica, val_data, tcfg, size)
+        val = validate_one_epoch(replica, val_data, tcfg, size, keep=live.images_due(epoch))
         history.append(epoch_metrics(epoch, history, train, val, tcfg, t0, started))
-        report_epoch(replica, history[-1], history, config, size, rank,
-                     wants_checkpoint(tcfg, history))
+        report_epoch(replica, live.metrics(history[-1], replica.model, val[2]), history,
+                     config, size, rank, wants_checkpoint(tcfg, history))
+        live.log_mlflow(history[-1])
+    live.end()
+
+
+@dataclass
+class LiveReport:
+    """What rank 0 adds to its reports for the driver's progress callback
+    (:mod:`mammoray.training.progress`; jobs.train only, not search trials): the history
+    restored from a checkpoint with the first report, validation pictures every
+    ``train.tensorboard_images_every`` epochs; and every epoch's metrics to MLflow when
+    ``train.mlflow_tracking_uri`` is set (Ray's ``setup_mlflow``, on rank 0)."""
+
+    enabled: bool
+    images_every: int
+    images: int
+    restored: list[dict[str, Any]] | None
+    mlflow: Any = None
+
+    @classmethod
+    def start(cls, config: dict[str, Any], cfg, rank: int,
+              restored: list[dict[str, Any]]) -> "LiveReport":
+        tcfg = cfg.train
+        enabled = bool(config.get("live")) and rank == 0
+        report = cls(enabled=enabled, images_every=tcfg.tensorboard_images_every
+                     if tcfg.tensorboard else 0, images=tcfg.tensorboard_images,
+                     restored=list(restored) if restored else None)
+        if enabled and tcfg.mlflow_tracking_uri:
+            from mammoray.training.progress import start_mlflow
+
+            report.mlflow = start_mlflow(cfg, config.get("run_name") or "train")
+        return report
+
+    def images_due(self, epoch: int) -> int:
+        """Validation images to keep this epoch (0-based) for pictures."""
+        due = self.enabled and self.images_every and (epoch + 1) % self.images_every == 0
+        return self.images if due else 0
+
+    def metrics(self, row: dict[str, Any], model, kept) -> dict[str, Any]:
+        if not self.enabled:
+            return row
+        from mammoray.training.progress import OVERLAYS, RESTORED, validation_pictures
+
+        out = dict(row)
+        if self.restored is not None:
+            out[RESTORED], self.restored = self.restored, None
+        if kept is not None:
+            out[OVERLAYS] = validation_pictures(model, *kept)
+        return out
+
+    def log_mlflow(self, row: dict[str, Any]) -> None:
+        if self.mlflow is not None:
+            self.mlflow.log_metrics({k: float(v) for k, v in row.items()
+                                     if isinstance(v, (int, float)) and math.isfinite(v)
+                                     and k not in ("epoch", "time", "worker_started")},
+                                    step=int(row["epoch"]))
+
+    def end(self) -> None:
+        if self.mlflow is not None:
+            self.mlflow.end_run()

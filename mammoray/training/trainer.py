@@ -1,11 +1,14 @@
 """The training driver (``python -m jobs.train``): Ray Train's TensorflowTrainer with
 MultiWorkerMirroredStrategy workers running :func:`mammoray.training.loop.train_loop_per_worker`.
 
-Checkpoints: every epoch, worker 0 reports a checkpoint (:mod:`mammoray.model.checkpoint`);
-Ray keeps the best by validation IoU and the latest. A run with the same name and storage
-resumes from its latest checkpoint; ``FailureConfig(max_failures)`` restarts a failed worker
-group from it. When training ends the best checkpoint is published as ``<output>/best``, with
-``history.csv``, ``curves.png`` and ``summary.json`` beside it.
+Checkpoints: worker 0 reports a checkpoint (:mod:`mammoray.model.checkpoint`) every
+``train.checkpoint_every`` epochs, at each new best and at the last epoch; Ray keeps the best
+by validation IoU and the latest. While the run goes on, :class:`EpochProgress` prints a line
+per epoch and keeps ``history.csv``, ``curves.png`` and TensorBoard events up to date. A run
+with the same name and storage resumes from its latest checkpoint;
+``FailureConfig(max_failures)`` restarts a failed worker group from it. When training ends
+the best checkpoint is published as ``<output>/best``, with ``history.csv``, ``curves.png``
+and ``summary.json`` beside it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from mammoray.core.ray_session import ray_session
 from mammoray.model import checkpoint as ckpt
 from mammoray.training.history import write_history
 from mammoray.training.loop import train_loop_per_worker
+from mammoray.training.progress import EpochProgress
 
 
 class TrainError(RuntimeError):
@@ -59,17 +63,19 @@ def check_batches(n_train: int, batch_size: int, num_workers: int, data: str) ->
 
 def build_trainer(cfg: ExperimentConfig, size: int, preprocessing: dict[str, Any] | None,
                   datasets: dict[str, Any], *, name: str, storage_path: str,
-                  callbacks: list[Any] | None = None):
+                  callbacks: list[Any] | None = None, live: bool = False):
     """The TensorflowTrainer of one training run (jobs.train, and each jobs.tune trial):
     ``train.num_workers`` workers with ``train.cpus_per_worker`` CPUs (and a GPU each with
     ``train.use_gpu``), the "train" dataset split between them, checkpoints kept by
-    validation IoU under ``storage_path/name``."""
+    validation IoU under ``storage_path/name``. ``live``: rank 0 sends what the progress
+    callback shows (restored history, validation pictures) and logs to MLflow (jobs.train;
+    a search reports through Tune instead)."""
     import ray.train
     from ray.train.tensorflow import TensorflowTrainer
 
     tcfg = cfg.train
     loop_config = {"config": cfg.to_dict(), "size": size, "preprocessing": preprocessing,
-                   "faults": faults.from_env()}
+                   "faults": faults.from_env(), "live": live, "run_name": name}
     resources = {"CPU": tcfg.cpus_per_worker}
     if tcfg.use_gpu:
         resources["GPU"] = 1
@@ -128,9 +134,10 @@ def run_training(cfg: ExperimentConfig, *, log: Callable[[str], None] = print) -
             f"{storage_path}")
         if not storage.is_uri(storage_path):
             _warn_local_storage(storage_path, tcfg.num_workers, log)
+        progress = EpochProgress(output, tcfg.epochs, tensorboard=tcfg.tensorboard)
         trainer = build_trainer(cfg, size, info.get("parameters"),
                                 {"train": train_ds, "val": val_ds}, name=name,
-                                storage_path=storage_path)
+                                storage_path=storage_path, callbacks=[progress], live=True)
         result = fit(trainer)
     if result.error:
         raise result.error

@@ -179,7 +179,23 @@ def _make_tuner(cfg: ExperimentConfig, trainable, concurrency: int):
                                     max_concurrent_trials=concurrency,
                                     trial_name_creator=trial_dirname,
                                     trial_dirname_creator=trial_dirname),
-        run_config=tune.RunConfig(name=t.name, storage_path=storage_root(cfg), verbose=1))
+        run_config=tune.RunConfig(name=t.name, storage_path=storage_root(cfg), verbose=1,
+                                  callbacks=mlflow_callbacks(cfg)))
+
+
+def mlflow_callbacks(cfg: ExperimentConfig) -> list[Any]:
+    """One MLflow run per trial (Ray Tune's ``MLflowLoggerCallback``: the trial's sampled
+    values as parameters, every reported epoch's metrics) when ``train.mlflow_tracking_uri``
+    is set. Tune's own loggers (CSV, JSON, TensorBoard) stay on beside it."""
+    uri = cfg.train.mlflow_tracking_uri
+    if not uri:
+        return []
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    if uri.startswith("file:"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3's opt-in
+    return [MLflowLoggerCallback(tracking_uri=uri, experiment_name=cfg.train.mlflow_experiment,
+                                 save_artifact=False)]
 
 
 def trial_checkpoints(run_dir: str) -> list[tuple[str, list[dict[str, Any]]]]:

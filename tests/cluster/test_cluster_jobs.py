@@ -53,6 +53,8 @@ def test_preprocess_then_two_node_training_by_job_submit(cluster, raw):
     assert status == "SUCCEEDED", logs[-3000:]
     # Two workers of 2 CPUs on two 2-CPU nodes: one per node, so the collective crosses nodes.
     assert len(worker_nodes(logs)) == 2, logs[-3000:]
+    # The progress callback's line per epoch reaches `ray job logs`.
+    assert "epoch 1/2: loss " in logs and "epoch 2/2: loss " in logs, logs[-3000:]
     assert (base / "train" / "best" / "model.keras").is_file()
     with open(base / "train" / "history.csv") as fh:
         assert len(fh.read().strip().splitlines()) == 3  # header + 2 epochs

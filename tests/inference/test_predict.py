@@ -104,8 +104,26 @@ def test_predict_folder_with_broken_files(world, tmp_path):
     assert all(found[n].mask and found[n].mask["path"].endswith(n[:-4] + "_mask.png")
                for n in names)
     # Predicting again would replace those masks: refused before any work.
-    with pytest.raises(ConfigError, match="prediction file.* already exist.*--overwrite"):
+    with pytest.raises(ConfigError, match="prediction file.* already exist.*--skip-existing"):
         run_prediction(PredictOptions(checkpoint=str(ckpt), input=str(folder)), RayConfig())
+
+    # A run interrupted after L_MLO's mask but before its JSON (written last): --skip-existing
+    # keeps the two finished inputs untouched and predicts L_MLO (and tries the bad files)
+    # again.
+    os.remove(folder / "patient_0001" / "L_MLO.json")
+    kept = folder / "patient_0000" / "L_CC_mask.png"
+    os.utime(kept, (1, 1))
+    again = run_prediction(PredictOptions(checkpoint=str(ckpt), input=str(folder),
+                                          skip_existing=True), RayConfig(), log=lambda _: None)
+    assert (again["inputs"], again["predicted"], again["rejected"], again["skipped"]) == \
+        (5, 1, 2, 2)
+    status = {r["relpath"]: r["status"] for r in again["images"]}
+    assert status == {names[0]: "skipped", names[1]: "skipped", names[2]: "ok",
+                      "notes.dcm": "rejected", "truncated.dcm": "rejected"}
+    assert os.stat(kept).st_mtime == 1 and (folder / "patient_0001" / "L_MLO.json").is_file()
+    with pytest.raises(ConfigError, match="--overwrite and --skip-existing: choose one"):
+        run_prediction(PredictOptions(checkpoint=str(ckpt), input=str(folder), overwrite=True,
+                                      skip_existing=True), RayConfig())
 
 
 def test_predict_bad_arguments(world, tmp_path):

@@ -67,9 +67,45 @@ def test_counts_and_reasons(raw, result):
     assert any(f"{n_images + n_defects} inputs = {n_images} written + {n_defects} rejected"
                in line for line in logs)
     on_disk = json.loads((out / "dataset.json").read_text())
-    assert on_disk["counts"] == summary["counts"] and on_disk["schema_version"] == 1
+    assert on_disk["counts"] == summary["counts"] and on_disk["schema_version"] == 2
     split_total = sum(v["images"] for v in on_disk["splits"]["folder"].values())
     assert split_total == n_images
+
+
+def test_qc_sheets_and_fingerprint(raw, result):
+    """qc/folder.png holds data.qc_samples cards, qc/rejected.png one card per rejected file
+    that could be decoded (here the mask of the wrong size); the fingerprint's mass sizes agree
+    with the generator's truth masks measured on the original grid."""
+    root, truth = raw
+    out, summary, rows, _ = result
+    sheet = cv2.imread(str(out / "qc" / "folder.png"))
+    assert sheet.shape == (4 * (34 + 256 + 8), 2 * (2 * 256 + 8 + 8), 3)  # 8 cards, 2 a row
+    rejected = cv2.imread(str(out / "qc" / "rejected.png"))
+    assert rejected.shape == (34 + 256 + 8, 2 * (2 * 256 + 8 + 8), 3)
+    assert rejected[34:290, 520:].max() == 40  # one card: the second place stays empty
+    assert sorted(os.listdir(out / "qc")) == ["folder.png", "rejected.png"]  # cards removed
+    assert summary["qc_sheets"] == {"folder": "qc/folder.png (8 cards)",
+                                    "rejected": "qc/rejected.png (1 cards)"}
+    print_ = summary["fingerprint"]["folder"]
+    assert print_["images"] == len(rows) == len(truth["images"])
+    assert print_["original_height"]["median"] == 320 and print_["original_width"]["max"] == 256
+    assert print_["pixel_spacing_mm"]["median"] == pytest.approx(240 / 256, abs=1e-4)
+    assert print_["flipped"] == sum(r["flipped"] for r in rows)
+    for row in rows:
+        assert 0 <= row["intensity_p01"] <= row["intensity_p50"] <= row["intensity_p99"] <= 65535
+    salt = Salt(TEST_SALT.encode(), "env")
+    by_id = {row["image_id"]: row for row in rows}
+    want = []
+    for image in truth["images"]:
+        row = by_id[salted_key(salt, "folder", "image", image["relpath"])]
+        if row["mass_pixels"] and row["pixel_spacing_row"]:
+            area = image["mass_pixels"] * row["pixel_spacing_row"] * row["pixel_spacing_col"]
+            want.append(2 * np.sqrt(area / np.pi))
+    got = print_["mass_diameter_mm"]
+    assert got["n"] == len(want) > 5
+    assert got["median"] == pytest.approx(float(np.median(want)), rel=0.1)
+    assert print_["masses_under_100_input_px"] == sum(1 for r in rows
+                                                      if 0 < r["mass_pixels"] < 100)
 
 
 def test_files_are_bounded_and_complete(result):

@@ -42,7 +42,9 @@ def trained(data):
     from mammoray.training.trainer import run_training
 
     out = data / "run"
-    summary = run_training(train_cfg(data, out), log=lambda _: None)
+    summary = run_training(train_cfg(data, out, tensorboard_images_every=2,
+                                     mlflow_tracking_uri=f"file:{data}/mlruns",
+                                     mlflow_experiment="unit"), log=lambda _: None)
     return out, summary, history(out)
 
 
@@ -75,6 +77,35 @@ def test_two_workers_loss_falls(trained):
         assert 0.0 <= float(r["val_dice"]) <= 1.0 and 0.0 <= float(r["dice"]) <= 1.0
     assert os.path.exists(out / "curves.png") and os.path.getsize(out / "curves.png") > 10000
     assert summary["epochs"] == 3 and 1 <= summary["best_epoch"] <= 3
+
+
+def test_tensorboard_and_mlflow_get_every_epoch(data, trained):
+    """Events under <output>/tensorboard (scalars per epoch, validation pictures at epoch 2)
+    and an MLflow run in the file: store with the same validation IoU per epoch."""
+    import tensorflow as tf
+
+    out, _, rows = trained
+    scalars, images = {}, []
+    for path in glob.glob(str(out / "tensorboard" / "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+                elif value.HasField("image"):
+                    images.append((event.step, value.tag))
+    want = [(int(r["epoch"]), pytest.approx(float(r["val_iou"]), abs=1e-6)) for r in rows]
+    assert sorted(scalars["iou/validation"]) == want
+    assert images == [(2, "validation/overlays")]
+
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(f"file:{data}/mlruns")
+    [run] = client.search_runs([client.get_experiment_by_name("unit").experiment_id])
+    assert run.data.params["model.levels"] == "3"
+    logged = client.get_metric_history(run.info.run_id, "val_iou")
+    assert sorted((m.step, m.value) for m in logged) == want
+    assert run.info.status == "FINISHED"
 
 
 def test_best_checkpoint_reloads_and_predicts_like_its_weights(trained):
@@ -192,7 +223,10 @@ def test_sigterm_stops_training_in_seconds_and_the_same_command_resumes(data, tm
     text = log.read_text()
     assert proc.returncode == 130 and stopped <= 30, (stopped, text[-3000:])
     assert "interrupted: the checkpoints saved so far are kept" in text
-    assert not (out / "best").exists() and not (out / "history.csv").exists()
+    # The progress callback wrote a line and history.csv for epoch 1 while the run went on.
+    assert "epoch 1/2: loss " in text
+    assert [int(r["epoch"]) for r in history(out)] == [1]
+    assert not (out / "best").exists()
     [kept] = glob.glob(str(out / "ray_results" / "*" / "checkpoint_*" / "history.json"))
     epoch1 = json.load(open(kept))
     assert [h["epoch"] for h in epoch1] == [1]

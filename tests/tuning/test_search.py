@@ -84,7 +84,9 @@ def searched(data):
     from mammoray.tuning.search import run_search
 
     out = data / "search"
-    cfg = config_from_dict(search_tree(data, out))
+    tree = search_tree(data, out)
+    tree["train"].update(mlflow_tracking_uri=f"file:{data}/mlruns", mlflow_experiment="search")
+    cfg = config_from_dict(tree)
     lines: list[str] = []
     summary = run_search(cfg, log=lines.append)
     with open(out / "trials.csv") as fh:
@@ -112,6 +114,27 @@ def test_three_trials_with_one_dropout_rate_per_level(searched):
     assert summary["trials"] == 3 and summary["error"] == 0
     assert os.path.getsize(out / "search.png") > 20000
     assert any("at most 2 at once" in line for line in lines)
+
+
+def test_each_trial_writes_tensorboard_events_and_an_mlflow_run(data, searched):
+    import glob
+
+    import mlflow
+    import tensorflow as tf
+
+    out, cfg, summary, rows, _ = searched
+    best = {r["trial_id"]: float(r["best_val_score"]) for r in rows}
+    for trial_id, score in best.items():
+        [folder] = glob.glob(str(out / "ray_results" / "search" / f"*{trial_id}*"))
+        scores = [v.simple_value for path in glob.glob(f"{folder}/events.out.tfevents.*")
+                  for event in tf.compat.v1.train.summary_iterator(path)
+                  for v in event.summary.value if v.tag == "ray/tune/best_val_score"]
+        assert scores and max(scores) == pytest.approx(score, abs=1e-6)
+    client = mlflow.tracking.MlflowClient(f"file:{data}/mlruns")
+    runs = client.search_runs([client.get_experiment_by_name("search").experiment_id])
+    assert len(runs) == 3
+    assert sorted(r.data.metrics["best_val_score"] for r in runs) == pytest.approx(
+        sorted(best.values()), abs=1e-6)
 
 
 def test_best_config_loads_into_training_and_matches_the_best_trial(searched, tmp_path):
