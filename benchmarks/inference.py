@@ -1,14 +1,15 @@
 """Prediction time per full-field DICOM and batch-evaluation throughput (not a test).
 
-    .venv/bin/python benchmarks/inference.py [--images 8] [--eval-data DIR --checkpoint DIR]
+    .venv/bin/python benchmarks/inference.py [--images 8] [--quick]
+                                             [--eval-data DIR --checkpoint DIR]
 
 1. ``jobs.predict`` on full-field scanned-film DICOMs (4000 x 3000, 16-bit RLE, from
-   ``benchmarks/preprocess.py``'s data, generated if missing), with one actor on a local Ray of
+   ``benchmarks/preprocess_cpu.py``'s data, generated if missing), with one actor on a local Ray of
    1 CPU, for U-Nets built from configs (timing does not depend on the weights): the laptop
    U-Net at 256 and at 1024 px input, and the seed study's 7-level / 64-filter U-Net at 1024.
    Median seconds per image of each stage: read, decode, preprocess, model, back-mapping
    (resize/crop/flip undone + threshold + lesion summary), writing (three PNGs, DICOM SEG,
-   JSON).
+   JSON), and writing's share of the total. ``--quick``: the laptop U-Net at 256 px only.
 2. ``jobs.evaluate`` throughput (Parquet rows -> Ray Data -> one model per actor -> per-image
    figures at 23 thresholds) on a local Ray with 1 and then 2 CPUs (one actor per CPU), on the
    training split of ``benchmarks/quality.py``'s dataset with its trained laptop checkpoint
@@ -37,14 +38,10 @@ DATA = os.path.join(REPO, "benchmarks", "data")
 
 
 def full_field_inputs(n: int) -> str:
-    """n full-field film DICOMs (the first of the preprocessing benchmark's 48 patients)."""
-    from mammoray.synthetic.folder import FolderOptions, write_folder_dataset
+    """n full-field film DICOMs (the first of ``benchmarks/preprocess_cpu.py``'s 12 patients)."""
+    from preprocess import ensure_data
 
-    raw = os.path.join(DATA, "film_rle_4000x3000_48p")  # as benchmarks/preprocess.py writes
-    if not os.path.exists(os.path.join(raw, "truth.json")):
-        write_folder_dataset(FolderOptions(output=raw, patients=48, seed=1234, height=4000,
-                                           width=3000, film=True, transfer_syntax="rle",
-                                           monochrome1_fraction=0.0, workers=2))
+    raw = ensure_data(DATA, max(12, -(-n // 4)), 4000, 3000)
     folder = os.path.join(DATA, f"predict_inputs_{n}")
     if not os.path.isdir(folder):
         os.makedirs(folder)
@@ -57,10 +54,13 @@ def full_field_inputs(n: int) -> str:
 
 
 def make_checkpoint(folder: str, model_cfg: dict, size: int) -> str:
+    import keras
+
     from mammoray.model.checkpoint import write_checkpoint
     from mammoray.model.unet import build_unet
 
     cfg = config_from_dict({"model": model_cfg})
+    keras.utils.set_random_seed(0)  # the same weights, so the same masks to write, every run
     model = build_unet(cfg.model, size)
     preprocessing = cfg.to_dict()["data"] | {"size": size}
     os.makedirs(folder, exist_ok=True)
@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-data", default=os.path.join(DATA, "quality_80p_256"))
     p.add_argument("--checkpoint", default=os.path.join(DATA, "quality_out", "best"))
     p.add_argument("--skip-study-model", action="store_true")
+    p.add_argument("--quick", action="store_true",
+                   help="the laptop U-Net at 256 px only, no batch evaluation")
     p.add_argument("--json", default=os.path.join(REPO, "benchmarks", "results",
                                                   "inference.json"))
     args = p.parse_args(argv)
@@ -110,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     laptop = load_config(os.path.join(REPO, "jobs", "configs", "laptop.yaml")).to_dict()["model"]
     study = load_config(os.path.join(REPO, "jobs", "configs", "thesis.yaml")).to_dict()["model"]
     models = [("laptop U-Net, 256 px", laptop, 256), ("laptop U-Net, 1024 px", laptop, 1024)]
-    if not args.skip_study_model:
+    if args.quick:
+        models = models[:1]
+    elif not args.skip_study_model:
         models.append(("study U-Net (7 levels, 64 filters), 1024 px", study, 1024))
     results: dict = {"predict": {}, "evaluate": {}}
     with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as tmp:
@@ -118,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"predict: {name} ...", flush=True)
             ckpt = make_checkpoint(os.path.join(tmp, str(i)), cfg, size)
             results["predict"][name] = bench_predict(inputs, ckpt)
-    if os.path.isdir(args.checkpoint) and os.path.isdir(args.eval_data):
+    if args.quick:
+        pass
+    elif os.path.isdir(args.checkpoint) and os.path.isdir(args.eval_data):
         for cpus in (1, 2):
             print(f"evaluate: {cpus} CPU(s) ...", flush=True)
             results["evaluate"][str(cpus)] = bench_evaluate(args.eval_data, args.checkpoint, cpus)
@@ -134,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results["predict"].items():
         m = r["median_seconds"]
         print(f"{name:46}" + "".join(f"{m[s]:11.3f}" for s in STAGES)
-              + f"{sum(m.values()):11.3f}")
+              + f"{sum(m.values()):11.3f}   (writing {m['write'] / sum(m.values()):.0%})")
     if results["evaluate"]:
         print("\nBatch evaluation (laptop U-Net, 256 px, one actor per CPU)")
         print(f"{'CPUs':>5} {'images':>7} {'scoring s':>10} {'images/s':>9} {'job s':>7}")

@@ -20,6 +20,7 @@ import pydicom
 
 from mammoray.core import storage
 from preprocessing.dicom_io import RejectedImage
+from preprocessing.geometry import count_regions
 
 Shape = tuple[int, int]
 MaskResult = tuple[np.ndarray, int]
@@ -42,7 +43,7 @@ def decode_png_mask(data: bytes, shape: Shape) -> np.ndarray:
 
 def read_png(spec: dict[str, Any], shape: Shape) -> MaskResult:
     mask = decode_png_mask(storage.read_bytes(spec["path"]), shape)
-    count = cv2.connectedComponents(mask, connectivity=8)[0] - 1
+    count = count_regions(mask)
     return mask, count
 
 

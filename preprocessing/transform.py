@@ -95,11 +95,20 @@ def preprocess_image(dicom: DicomImage, mask: np.ndarray | None, cfg: DataConfig
             # Labels, markers, film edges and tape never reach CLAHE or the model.
             keep = geometry.breast_mask_in_box(region, margin=breast_margin(cfg, h, w))
             crop = cv2.bitwise_and(crop, crop, mask=keep)  # a new array: pixels stay intact
-    with timer("clahe"):
-        crop = geometry.apply_clahe(crop, cfg.clahe_clip_limit, cfg.clahe_tile_grid)
+    if cfg.clahe_at == "crop":
+        with timer("clahe"):
+            crop = geometry.apply_clahe(crop, cfg.clahe_clip_limit, cfg.clahe_tile_grid)
     with timer("resize"):
         image = geometry.resize_square(crop, cfg.size, pad_to_square=cfg.pad_to_square,
                                        mask=False)
+    if cfg.clahe_at == "output":
+        with timer("clahe"):
+            # Only the crop's part of the image: its tiles then cover what they cover at
+            # "crop", not the padding.
+            hh, ww = geometry.content_shape(crop.shape, cfg.size, cfg.pad_to_square)
+            image[:hh, :ww] = geometry.apply_clahe(np.ascontiguousarray(image[:hh, :ww]),
+                                                   cfg.clahe_clip_limit, cfg.clahe_tile_grid)
+    with timer("resize"):
         breast = None
         if keep is not None:
             # The kept region is already grown by a margin: nearest neighbour is exact enough.
@@ -108,8 +117,8 @@ def preprocess_image(dicom: DicomImage, mask: np.ndarray | None, cfg: DataConfig
             image *= breast  # CLAHE lifts the zeros it was given; outside stays 0
         out_mask = None
         if mask is not None:
-            out_mask = geometry.resize_square(mask[y0:y1, x0:x1], cfg.size,
-                                              pad_to_square=cfg.pad_to_square, mask=True)
+            out_mask = geometry.resize_mask_sparse(mask[y0:y1, x0:x1], cfg.size,
+                                                   pad_to_square=cfg.pad_to_square)
     geom = geometry.Geometry(orig_height=h, orig_width=w, flipped=flipped,
                              crop=geometry.box_to_original(box, w, flipped), size=cfg.size,
                              pad_to_square=cfg.pad_to_square)

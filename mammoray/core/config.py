@@ -232,6 +232,11 @@ class DataConfig:
     clahe_clip_limit: float = option(2.0, "CLAHE clip limit; 0 switches CLAHE off", min=0.0,
                                      max=100.0)
     clahe_tile_grid: int = option(8, "CLAHE tiles per side", min=1, max=64)
+    clahe_at: str = option("crop", "where CLAHE runs: crop = on the full-resolution breast crop "
+                           "(the seed study); output = after the resize, on the input-size "
+                           "image with the same tiles per side (several times cheaper; "
+                           "docs/preprocessing.md gives the difference)",
+                           choices=("crop", "output"))
     val_fraction: float = option(0.1, "fraction of patients for validation", min=0.0,
                                  max=0.9)
     test_fraction: float = option(0.1, "fraction of patients for test", min=0.0, max=0.9)

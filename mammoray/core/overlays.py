@@ -25,20 +25,19 @@ def draw_overlay(image: np.ndarray, prediction: np.ndarray | None,
     """BGR picture of ``image`` with the truth outlined in green and the prediction in red (as
     the seed study's figures 3 and 4). ``max_side`` shrinks large mammograms first (the outlines
     are drawn after shrinking, so they stay visible)."""
-    gray = to_gray_u8(image)
-    h, w = gray.shape
-    scale = 1.0
+    h, w = image.shape
     if max_side and max(h, w) > max_side:
+        # Shrunk first, converted after: the conversion then touches a few pixels, not all.
         scale = max_side / max(h, w)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
         def shrink(m):
             return None if m is None else cv2.resize(m.astype(np.uint8), size,
                                                      interpolation=cv2.INTER_NEAREST)
 
         prediction, truth = shrink(prediction), shrink(truth)
-    canvas = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    canvas = cv2.cvtColor(to_gray_u8(image), cv2.COLOR_GRAY2BGR)
     thickness = max(1, round(max(canvas.shape[:2]) / 400))
     for mask, color in ((truth, (0, 200, 0)), (prediction, (0, 0, 255))):
         if mask is None:

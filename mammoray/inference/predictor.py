@@ -131,7 +131,8 @@ class DicomPredictor:
             lesions = lesion_summary(mask, prob_orig, dicom.pixel_spacing)
         with timer("write"):
             base = storage.join(self.output_root, stem_of(relpath))
-            write_png(base + "_prob.png", np.rint(prob_orig * 255).astype(np.uint8))
+            # round(p * 255) in one pass (saturating; prob_orig is in [0, 1])
+            write_png(base + "_prob.png", cv2.convertScaleAbs(prob_orig, alpha=255.0))
             write_png(base + "_mask.png", mask * 255, bilevel=True)
             write_png(base + "_overlay.png", draw_overlay(dicom.pixels, mask,
                                                           max_side=OVERLAY_MAX_SIDE))

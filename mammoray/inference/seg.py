@@ -42,7 +42,7 @@ def dicom_seg(source_bytes: bytes, mask: np.ndarray, *, run_id: str,
         pixel_measures = hd.PixelMeasuresSequence(pixel_spacing=[float(v) for v in spacing],
                                                   slice_thickness=thickness)
     seg = hd.seg.Segmentation(
-        source_images=[src], pixel_array=(mask > 0).astype(np.uint8),
+        source_images=[src], pixel_array=(mask > 0).view(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[segment], series_instance_uid=series_uid,
         series_number=SEG_SERIES_NUMBER, sop_instance_uid=hd.UID(), instance_number=1,

@@ -283,3 +283,76 @@ def test_only_the_breast_reaches_the_model():
                                 > 40000).sum())
         assert study.breast is None
     assert label_pixels > 5000 and kept_with_study > 1000  # labels were really in the crops
+
+
+def test_sparse_mask_resize_on_a_hand_made_mask():
+    """8 x 8 -> 4 x 4 (each output pixel covers 2 x 2): a 3 x 3 block at (1, 1) covers 1/4,
+    2/4, 2/4 and 4/4 of the four output pixels it meets; >= 0.5 keeps three."""
+    mask = np.zeros((8, 8), np.uint8)
+    mask[1:4, 1:4] = 1
+    want = np.zeros((4, 4), np.uint8)
+    want[0, 1] = want[1, 0] = want[1, 1] = 1
+    assert np.array_equal(geometry.resize_mask_sparse(mask, 4, pad_to_square=False), want)
+    assert np.array_equal(geometry.resize_square(mask, 4, pad_to_square=False, mask=True), want)
+
+
+@pytest.mark.parametrize("pad", [True, False])
+def test_sparse_mask_resize_equals_the_full_resize(pad):
+    """On random ellipses at random scales the two agree everywhere except at coverage ties
+    (exactly 0.5, where float rounding decides)."""
+    rng = np.random.default_rng(7)
+    compared = differing = 0
+    for _ in range(120):
+        h, w = (int(v) for v in rng.integers(40, 700, 2))
+        size = int(rng.integers(8, min(h, w) + 1))
+        mask = np.zeros((h, w), np.uint8)
+        for _ in range(int(rng.integers(0, 4))):
+            cv2.ellipse(mask, (int(rng.integers(0, w)), int(rng.integers(0, h))),
+                        (int(rng.integers(1, 60)), int(rng.integers(1, 60))),
+                        float(rng.integers(0, 180)), 0, 360, 1, -1)
+        full = geometry.resize_square(mask, size, pad_to_square=pad, mask=True)
+        sparse = geometry.resize_mask_sparse(mask, size, pad_to_square=pad)
+        padded = mask
+        if pad:
+            side = max(h, w)
+            padded = np.zeros((side, side), np.uint8)
+            padded[:h, :w] = mask
+        cover = cv2.resize(padded.astype(np.float64), (size, size), interpolation=cv2.INTER_AREA)
+        ties = np.abs(cover - 0.5) < 1e-6
+        assert np.array_equal(full[~ties], sparse[~ties])
+        compared += full.size
+        differing += int((full != sparse).sum())
+    assert differing < compared * 1e-4
+
+
+def test_count_regions_inside_the_bounding_box():
+    mask = np.zeros((300, 200), np.uint8)
+    assert geometry.count_regions(mask) == 0
+    mask[10:20, 10:20] = 1
+    mask[20:30, 20:30] = 1        # touches the first only diagonally: 8-connected, one region
+    mask[200:210, 150:190] = 1
+    mask[250, 5] = 1
+    assert geometry.count_regions(mask) == 3
+
+
+@pytest.mark.parametrize("pad", [True, False])
+def test_clahe_at_output_is_clahe_of_the_resized_crop(pad):
+    """clahe_at=output: the image equals CLAHE (same clip and tiles) of the resized crop, on the
+    crop's part of the output only (padding stays 0); the geometry and mask equal crop mode's."""
+    img, _ = film_image()
+    mask = np.zeros((H, W), np.uint8)
+    mask[150:190, 40:80] = 1
+    base = DataConfig(size=128, pad_to_square=pad, breast_only=False)
+    at_crop = preprocess_image(_dicom(img, "L"), mask, base)
+    out = preprocess_image(_dicom(img, "L"), mask, dataclasses.replace(base, clahe_at="output"))
+    assert out.geometry == at_crop.geometry
+    np.testing.assert_array_equal(out.mask, at_crop.mask)
+    x0, y0, x1, y1 = out.geometry.crop
+    resized = geometry.resize_square(img[y0:y1, x0:x1], 128, pad_to_square=pad, mask=False)
+    hh, ww = geometry.content_shape((y1 - y0, x1 - x0), 128, pad)
+    want = resized.copy()
+    want[:hh, :ww] = geometry.apply_clahe(np.ascontiguousarray(resized[:hh, :ww]), 2.0, 8)
+    np.testing.assert_array_equal(out.image, want)
+    if pad:
+        assert (hh, ww) != (128, 128) and not out.image[hh:, :].any() | out.image[:, ww:].any()
+    assert not np.array_equal(out.image, resized)  # CLAHE did change it
