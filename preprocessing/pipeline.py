@@ -190,10 +190,10 @@ def _collect(staged: storage.StagedOutput) -> tuple[pa.Table, pa.Table]:
     return index, rejected
 
 
-def _process_alone(record: dict[str, Any], cfg: DataConfig,
-                   augment_by_source: dict[str, Any], injected: list[dict[str, Any]]) -> pa.Table:
-    """One record through the map function, as a task of its own (see _rescue_lost)."""
-    return process_batch(pa.Table.from_pylist([record]), cfg, augment_by_source, injected)
+def _process_alone(record: dict[str, Any], **map_kwargs: Any) -> pa.Table:
+    """One record through the map function with the map's own keyword arguments, as a task
+    of its own (see _rescue_lost)."""
+    return process_batch(pa.Table.from_pylist([record]), **map_kwargs)
 
 
 def _rescue_lost(records: list[dict[str, Any]], index: pa.Table, rejected: pa.Table,
