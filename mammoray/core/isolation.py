@@ -21,9 +21,16 @@ from typing import Any
 TASK_RETRIES = 1
 
 
+# Ray's errors for a task whose process (or node) went away while it ran.
+PROCESS_DIED = ("WorkerCrashedError", "ActorDiedError", "NodeDiedError", "OutOfMemoryError")
+
+
 def crash_reason(error: str) -> str:
-    """The rejection reason of an input whose processing killed its process."""
-    return f"decoder crashed: its worker process died ({error})"
+    """The rejection reason of an input run in a task of its own: its processing killed its
+    process, or (any other exception name) the task failed."""
+    if error in PROCESS_DIED:
+        return f"decoder crashed: its worker process died ({error})"
+    return f"failed in a task of its own ({error})"
 
 
 @contextlib.contextmanager
