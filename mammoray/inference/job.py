@@ -106,8 +106,9 @@ def check_prediction(opts: PredictOptions) -> tuple[str, list[str], str, list[st
     if opts.skip_existing:
         # <stem>.json is written last: an input with every output present was finished; one
         # with some of them was interrupted and is predicted again.
-        skipped = [r for r in relpaths if all(p in present for p in outputs_of(r))]
-        return root, [r for r in relpaths if r not in set(skipped)], output, skipped
+        done = {r for r in relpaths if all(p in present for p in outputs_of(r))}
+        return (root, [r for r in relpaths if r not in done], output,
+                [r for r in relpaths if r in done])
     existing = [path for r in relpaths for path in outputs_of(r) if path in present]
     if existing and not opts.overwrite:
         raise ConfigError(f"--output {output}: {len(existing)} prediction file(s) already exist "
