@@ -154,32 +154,46 @@ class EpochProgress(UserCallback):
             self._write_events(row, overlays, first=restored is not None or len(history) == 1)
 
     def _write_events(self, row: dict[str, Any], overlays, *, first: bool) -> None:
+        """Every event of an epoch on disk before the report returns: Ray Train has no hook for
+        a run's end, and tensorboardX's own writer keeps events in a queue that its thread
+        writes later (the last epoch's were lost when the controller exited first), so events
+        go straight to the file."""
+        from tensorboardX import summary
+
         epoch = int(row["epoch"])
         if self._writer is None or first:
             self._open_writer(purge_step=epoch)
+        summaries = []
         for tag, train_key, val_key in SCALARS:
-            values = {name: float(row[key]) for name, key in (("train", train_key),
-                                                              ("validation", val_key))
-                      if key in row}
-            for name, value in values.items():
-                self._writer.add_scalar(f"{tag}/{name}", value, epoch)
+            for name, key in (("train", train_key), ("validation", val_key)):
+                if key in row:
+                    summaries.append(summary.scalar(f"{tag}/{name}", float(row[key])))
         for key in ("learning_rate", "seconds"):
             if key in row:
-                self._writer.add_scalar(f"run/{key}", float(row[key]), epoch)
+                summaries.append(summary.scalar(f"run/{key}", float(row[key])))
         if overlays:
-            self._writer.add_images("validation/overlays", decode_pictures(overlays), epoch,
-                                    dataformats="NHWC")
+            summaries.append(summary.image("validation/overlays", decode_pictures(overlays),
+                                           dataformats="NHWC"))
+        for one in summaries:
+            self._write(step=epoch, summary=one)
         self._writer.flush()
         if self._local_events != self._events_dir():
             storage.copy_local_tree(self._local_events, self._events_dir())
+
+    def _write(self, **fields) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+
+        self._writer.write_event(Event(wall_time=time.time(), **fields))
 
     def _events_dir(self) -> str:
         return storage.join(self.output, "tensorboard")
 
     def _open_writer(self, purge_step: int) -> None:
-        """A new event file; ``purge_step`` makes TensorBoard drop the events of earlier files
-        from that epoch on (the epochs a restarted run does again)."""
-        from tensorboardX import SummaryWriter
+        """A new event file; its first event (a session start at ``purge_step``) makes
+        TensorBoard drop the events of earlier files from that epoch on (the epochs a
+        restarted run does again), as tensorboardX's ``purge_step`` does."""
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import SessionLog
 
         self.close()
         if storage.is_uri(self.output):
@@ -187,8 +201,9 @@ class EpochProgress(UserCallback):
         else:
             self._local_events = self._events_dir()
             os.makedirs(self._local_events, exist_ok=True)
-        self._writer = SummaryWriter(logdir=self._local_events, purge_step=purge_step,
-                                     filename_suffix=f".{int(time.time())}")
+        self._writer = EventsWriter(os.path.join(self._local_events, "events"),
+                                    filename_suffix=f".{time.time_ns()}")
+        self._write(step=purge_step, session_log=SessionLog(status=SessionLog.START))
 
     def close(self) -> None:
         if self._writer is not None:

@@ -90,6 +90,30 @@ def test_history_and_events_follow_the_run_and_a_restart(tmp_path, capsys):
     assert len(glob.glob(str(out / "tensorboard" / "events.out.tfevents.*"))) == 2
 
 
+def test_each_epoch_is_on_disk_when_its_report_returns(tmp_path):
+    """Ray Train has no end-of-run hook: the controller can exit right after the last report,
+    so that epoch's events must be in the file before on_epoch returns (never closed here).
+    A restarted run's file starts with a session start at the epoch redone (TensorBoard's
+    purge of the earlier file's later steps)."""
+    import tensorflow as tf
+
+    from mammoray.training.progress import RESTORED, EpochProgress
+
+    out = tmp_path / "run"
+    progress = EpochProgress(str(out), 2)
+    progress.on_epoch(row(1, 0.1))
+    progress.on_epoch(row(2, 0.4))
+    assert events(out / "tensorboard")["iou/validation"] == [(1, pytest.approx(0.1)),
+                                                             (2, pytest.approx(0.4))]
+    progress.on_epoch({**row(2, 0.5), RESTORED: [row(1, 0.1)]})
+    files = sorted(glob.glob(str(out / "tensorboard" / "events.out.tfevents.*")),
+                   key=os.path.getmtime)
+    starts = [(e.step, e.session_log.status) for e in tf.compat.v1.train.summary_iterator(files[-1])
+              if e.HasField("session_log")]
+    assert starts == [(2, tf.compat.v1.SessionLog.START)]
+    assert events(out / "tensorboard")["iou/validation"][-1] == (2, pytest.approx(0.5))
+
+
 def test_validation_pictures_outline_truth_and_prediction():
     import keras
 
