@@ -1,15 +1,20 @@
 """Training quality within a time budget (not a test).
 
-    .venv/bin/python benchmarks/quality.py [--patients 80] [--budget-minutes 20] [--set k=v ...]
+    .venv/bin/python benchmarks/quality.py [--config jobs/configs/laptop.yaml] [--patients 80]
+        [--budget-minutes 20] [--set k=v ...]
 
 Synthesizes ``4 x patients`` mammograms (800 x 640, folder format), preprocesses them with
-``jobs/configs/laptop.yaml``'s data section (256 px) and trains the laptop config with
+the config's data section (laptop.yaml: 256 px; laptop-patches.yaml: 512 px) and trains it with
 ``jobs.train``'s ``run_training`` on a local Ray with 2 CPUs. Reports the best validation Dice
 (mean over validation images with a mass) reached within the budget, counted from the call to
 ``run_training`` (start-up included) to the end of each epoch, and when the target was first
 reached. Then it predicts the validation split with the best checkpoint and breaks the Dice down
 by mass area and by visibility (the mass's contrast-to-noise against the tissue around it in the
-preprocessed image), which shows which masses the model misses.
+preprocessed image), which shows which masses the model misses. The best checkpoint predicts
+as jobs.evaluate does (whole images, or the sliding window of a patch-trained model); mass
+areas are counted at the 256-px scale (area x (256 / size)^2) so that the bins mean the same
+masses at any resolution. The same patients and split for every config (the split depends on
+the patients, the fractions and the seed only).
 
 Prints a table and writes ``benchmarks/results/quality.json``; data is cached in
 ``benchmarks/data/``.
@@ -51,17 +56,18 @@ def breakdown(best: str, data: str) -> dict:
     """Validation Dice of the best checkpoint by the mass's size and measured visibility."""
     import pyarrow.parquet as pq
 
-    from mammoray.model.checkpoint import load_checkpoint_model
-    from mammoray.model.inputs import decode_rows
+    from mammoray.model.inputs import decode_rows, predict_probabilities
     from mammoray.model.metrics import counts_np, overlap_np
+    from mammoray.model.window import segmenter_of
 
-    model, _, size = load_checkpoint_model(best)
+    segmenter, _, size = segmenter_of(best)
     table = pq.read_table(glob.glob(os.path.join(data, "data", "*.parquet")),
                           columns=["image", "mask", "split"]).to_pydict()
     keep = [i for i, s in enumerate(table["split"]) if s == "val"]
     x, y = decode_rows([table["image"][i] for i in keep], [table["mask"][i] for i in keep],
                        size)
-    prob = model.predict(x, batch_size=4, verbose=0)
+    prob = np.concatenate([predict_probabilities(segmenter, x[i:i + 4])
+                           for i in range(0, len(x), 4)])
     parts = counts_np(y, prob)
     dices, _ = overlap_np(parts["inter"], parts["truth"], parts["pred"])
     groups: dict[str, list[float]] = {}
@@ -69,7 +75,7 @@ def breakdown(best: str, data: str) -> dict:
         if parts["truth"][j] == 0:
             continue
         dice = dices[j]
-        area = int(parts["truth"][j])
+        area = float(parts["truth"][j]) * (256.0 / size) ** 2  # at the 256-px scale
         cnr = visibility(x[j, ..., 0], y[j, ..., 0].astype(np.uint8))
         for key in (f"area {'< 100 px' if area < 100 else '100-400 px' if area < 400 else '>= 400 px'}",
                     f"visibility {'< 0.5' if cnr < 0.5 else '0.5-1.5' if cnr < 1.5 else '>= 1.5'}"):
@@ -81,33 +87,35 @@ def breakdown(best: str, data: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=LAPTOP, help="the config trained (default laptop.yaml)")
     p.add_argument("--patients", type=int, default=80, help="4 images each")
     p.add_argument("--budget-minutes", type=float, default=20.0)
     p.add_argument("--target-dice", type=float, default=0.75)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a laptop.yaml key, e.g. train.epochs=40")
+                   help="override a config key, e.g. train.epochs=40")
     p.add_argument("--report-only", action="store_true",
                    help="do not train: report the last run in <data>/quality_out")
     p.add_argument("--startup-seconds", type=float,
                    help="with --report-only: the run's start-up (from its log); otherwise "
                         "measured")
     p.add_argument("--data", default=os.path.join(REPO, "benchmarks", "data"))
-    p.add_argument("--json", default=os.path.join(REPO, "benchmarks", "results",
-                                                  "quality.json"))
+    p.add_argument("--json", help="default benchmarks/results/quality-<config name>.json")
     args = p.parse_args(argv)
     overrides = parse_sets(p, args.set)
-    cfg = load_config(LAPTOP, overrides)
+    cfg = load_config(args.config, overrides)
+    stem = os.path.splitext(os.path.basename(args.config))[0]
+    args.json = args.json or os.path.join(REPO, "benchmarks", "results", f"quality-{stem}.json")
     tree = cfg.to_dict()
     _, data = cached_dataset(args.data, "quality", patients=args.patients, seed=78,
                              data=tree["data"])
-    out = os.path.join(args.data, "quality_out")
+    out = os.path.join(args.data, f"quality_out_{stem}")
     if not args.report_only:
         shutil.rmtree(out, ignore_errors=True)
         tree["train"].update({"data": data, "output": out, "max_failures": 0})
         tree["ray"] = {"num_cpus": 2}
         from mammoray.training.trainer import run_training
 
-        print(f"training {data} with laptop.yaml {overrides or ''} ...", flush=True)
+        print(f"training {data} with {stem}.yaml {overrides or ''} ...", flush=True)
         t0 = time.perf_counter()
         run_training(config_from_dict(tree), log=lambda m: print(m, flush=True))
         total = time.perf_counter() - t0
@@ -132,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     best_all = max(curve, key=lambda c: c["val_dice"])
     with open(os.path.join(data, "dataset.json")) as fh:
         splits = json.load(fh)["splits"]
-    result = {"config_overrides": overrides, "patients": args.patients, "splits": splits,
+    result = {"config": stem, "config_overrides": overrides, "size": cfg.data.size,
+              "patch_size": cfg.train.patch_size, "infer": cfg.to_dict()["infer"], "patients": args.patients, "splits": splits,
               "startup_seconds": startup, "total_minutes": total / 60, "curve": curve,
               "best_in_budget": best_in_budget, "best_overall": best_all,
               "target_dice": args.target_dice, "budget_minutes": args.budget_minutes,
@@ -141,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as fh:
         json.dump(result, fh, indent=2)
-    print(f"\nQuality: {args.patients * 4} synthetic images ({splits}), 256 px, 2 cores")
+    mode = (f"{cfg.train.patch_size}-px patches, {cfg.infer.mode} inference"
+            if cfg.train.patch_size else "whole images")
+    print(f"\nQuality: {stem}.yaml, {args.patients * 4} synthetic images ({splits}), "
+          f"{cfg.data.size} px, {mode}, 2 cores")
     print(f"{'epoch':>5} {'minutes':>8} {'val Dice':>9} {'val IoU':>8} {'train Dice':>11}")
     for c in curve:
         print(f"{c['epoch']:5d} {c['minutes']:8.1f} {c['val_dice']:9.3f} {c['val_iou']:8.3f} "
@@ -153,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"target {args.target_dice}: " + (f"reached at epoch {reached['epoch']}, "
                                              f"{reached['minutes']:.1f} min" if reached
                                              else "not reached"))
-    print("validation Dice of the best checkpoint by mass area (input pixels) and visibility "
+    print("validation Dice of the best checkpoint by mass area (pixels at 256-px scale) and "
+          "visibility "
           "(contrast-to-noise against a ring around the mass):")
     for k, v in result["breakdown"].items():
         print(f"  {k:20} {v['images']:3d} images  Dice {v['mean_dice']:.3f}")

@@ -366,6 +366,43 @@ class TrainConfig:
                                              "URI, e.g. file:/path/mlruns or http://host:5000;"
                                              " none = no MLflow")
     mlflow_experiment: str = option("mammoray", "MLflow experiment name")
+    patch_size: int = option(0, "train on patches of this side drawn from the dataset's images "
+                             "at their full resolution (nnU-Net's way; validation and "
+                             "inference then go through infer.mode); 0 = whole images (the "
+                             "seed study)", min=0, max=8192)
+    foreground_fraction: float = option(
+        0.33, "patch training: fraction of patches centred on a random mass pixel (images "
+        "without a mass give a random patch instead); the rest are centred on a random breast "
+        "pixel (nnU-Net oversamples one third)", min=0.0, max=1.0)
+    patches_per_image: int = option(1, "patch training: patches drawn from each training image "
+                                    "per epoch; batch_size counts patches and must be a "
+                                    "multiple of it", min=1, max=256)
+    patch_augment: bool = option(True, "patch training: each patch flipped/rotated (the 8 "
+                                 "symmetries of the square) and its brightness and contrast "
+                                 "changed by up to 10% (albumentations)")
+
+    def check(self, prefix: str) -> None:
+        if self.patch_size and self.batch_size % self.patches_per_image:
+            raise ConfigError(f"{prefix}.batch_size: {self.batch_size} patches per step is not "
+                              f"a multiple of {prefix}.patches_per_image "
+                              f"({self.patches_per_image})")
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """How a model trained on patches predicts whole images (validation during training,
+    jobs.evaluate, jobs.predict); a model trained on whole images takes them as they are."""
+
+    mode: str = option("sliding", "sliding = windows of the training patch size with overlap, "
+                       "blended with Gaussian weights (nnU-Net); whole = the whole image in one "
+                       "pass through the same weights (the network is fully convolutional: "
+                       "fewer operations, more memory)", choices=("sliding", "whole"))
+    overlap: float = option(0.5, "sliding: overlap of neighbouring windows as a fraction of the "
+                            "patch side (the step is patch x (1 - overlap))", min=0.0,
+                            max=0.95)
+    sigma_scale: float = option(0.125, "sliding: the Gaussian weight's sigma as a fraction of "
+                                "the patch side (nnU-Net: 1/8)", min=0.01, max=10.0)
+    batch_size: int = option(4, "sliding: windows per model call", min=1, max=4096)
 
 
 def _check_range(key: str, values: list[Any]) -> None:
@@ -411,6 +448,11 @@ class TuneConfig:
                                    "train.batch_size", min=1, max=4096)
     loss: list[str] = option([], "losses to choose from; empty = train.loss",
                              choices=LOSS_NAMES)
+    patch_size: list[int] = option([], "patch sides to choose from (0 = whole images); empty "
+                                   "= train.patch_size", min=0, max=8192)
+    foreground_fraction: list[float] = option([], "patch training's foreground fractions to "
+                                              "choose from; empty = train.foreground_fraction",
+                                              min=0.0, max=1.0)
     epochs: int | None = option(None, "epochs per trial (unset = train.epochs); also ASHA's "
                                 "maximum", min=1, max=100000)
     grace_period: int = option(1, "ASHA: epochs every trial runs before it may be stopped",
@@ -452,6 +494,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -51,7 +51,7 @@ def read_rows(data: str, columns: list[str], *, v2: bool = False):
 
 
 def split_dataset(data: str, split: str, *, v2: bool = False):
-    """The rows of one split as a Ray Dataset (image/mask bytes only), materialized: training
+    """The rows of one split as a Ray Dataset (image id, image and mask bytes), materialized: training
     workers then iterate without needing CPUs for read tasks. ``v2``: see ``read_rows``.
 
     Workers read it again every epoch; those reads print no progress bars or execution plans
@@ -63,8 +63,8 @@ def split_dataset(data: str, split: str, *, v2: bool = False):
     saved = ctx.enable_progress_bars, ctx.print_on_execution_start
     ctx.enable_progress_bars = ctx.print_on_execution_start = False
     try:
-        ds = read_rows(data, ["image", "mask", "split"], v2=v2)
-        ds = ds.filter(expr=col("split") == split).select_columns(["image", "mask"])
+        ds = read_rows(data, ["image_id", "image", "mask", "split"], v2=v2)
+        ds = ds.filter(expr=col("split") == split).select_columns(["image_id", "image", "mask"])
         return ds.materialize()
     finally:
         ctx.enable_progress_bars, ctx.print_on_execution_start = saved

@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 
 from mammoray.core import storage
-from mammoray.core.config import ConfigError, RayConfig
+from mammoray.core.config import ConfigError, RayConfig, config_from_dict
 from mammoray.core.dataset import image_size, read_dataset_json
 from mammoray.core.ray_session import ray_session
 from mammoray.evaluation import figures, report
 from mammoray.evaluation.scoring import EvaluationError, score_split
 from mammoray.model.checkpoint import check_checkpoint
+from mammoray.model.window import describe_inference
 
 SPLITS = ("train", "val", "test")
 @dataclass(frozen=True)
@@ -135,6 +136,9 @@ def run_evaluation(opts: EvaluateOptions, ray_cfg: RayConfig,
         diameters = _diameters(rows, size, pad)
         result = _result(opts, rows, k, threshold, source, size, diameters, thresholds,
                          score_seconds)
+        trained = config_from_dict(meta["config"])
+        result["protocol"]["inference"] = describe_inference(
+            trained, size, trained.train.patch_size or size)
         _write_outputs(opts, result, rows, k, size, diameters, staged)
     f = result["figures"]
     log(f"evaluate: {f['images']} images ({opts.split}), mean Dice {f['mean_dice']:.3f}, "

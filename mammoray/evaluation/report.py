@@ -34,9 +34,10 @@ def write_overlays(checkpoint: str, data: str, rows, k: int, threshold: float, s
                    staged: storage.StagedOutput) -> list[dict[str, Any]]:
     """Best and worst images with a mass (by Dice), outlined: truth green, prediction red."""
     from mammoray.core.overlays import draw_overlay, write_png
-    from mammoray.model.checkpoint import LocalCheckpoint, load_checkpoint_model
+    from mammoray.model.checkpoint import LocalCheckpoint
     from mammoray.model.inputs import decode_rows, predict_probabilities
     from mammoray.model.runtime import configure_tensorflow
+    from mammoray.model.window import segmenter_of
 
     mass = [i for i in range(len(rows)) if rows[i]["truth"] > 0]
     if not mass:
@@ -48,7 +49,7 @@ def write_overlays(checkpoint: str, data: str, rows, k: int, threshold: float, s
     found = _read_rows(data, [rows[i]["image_id"] for _, i in chosen])
     configure_tensorflow(os.cpu_count() or 1, False)
     with LocalCheckpoint(checkpoint) as folder:
-        model, _, _ = load_checkpoint_model(folder)
+        model, _, _ = segmenter_of(folder)
     cases = []
     for rank, (kind, i) in enumerate(chosen):
         row = found[rows[i]["image_id"]]

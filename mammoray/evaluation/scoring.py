@@ -15,6 +15,7 @@ from mammoray.core.dataset import read_rows
 from mammoray.core.ray_session import actor_pool
 from mammoray.evaluation.figures import STAT_KEYS, THRESHOLDS, image_stats
 from mammoray.model import checkpoint as ckpt
+from mammoray.model.window import segmenter_of
 
 # Row columns an evaluation carries from the Parquet to the per-image table.
 META_COLUMNS = ("image_id", "patient_key", "source", "split", "pathology", "mass_pixels",
@@ -43,7 +44,7 @@ class RowScorer:
         configure_tensorflow(cpus, use_gpu)
         self.thresholds = tuple(thresholds)
         with ckpt.LocalCheckpoint(checkpoint) as folder:
-            self.model, _, self.size = ckpt.load_checkpoint_model(folder)
+            self.model, _, self.size = segmenter_of(folder)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from mammoray.model.inputs import decode_rows, predict_probabilities

@@ -78,10 +78,11 @@ class DicomPredictor:
         from mammoray import __version__
         from mammoray.model import checkpoint as ckpt
         from mammoray.model.runtime import configure_tensorflow
+        from mammoray.model.window import segmenter_of
 
         configure_tensorflow(cpus, use_gpu)
         with ckpt.LocalCheckpoint(checkpoint) as folder:
-            self.model, _, self.size = ckpt.load_checkpoint_model(folder)
+            self.model, _, self.size = segmenter_of(folder)
             self.data_cfg = ckpt.checkpoint_data_config(folder)
         self.input_root, self.output_root = input_root, output_root
         self.threshold, self.write_seg, self.run_id = threshold, write_seg, run_id
@@ -150,7 +151,8 @@ class DicomPredictor:
                 "threshold": self.threshold,
                 "original_size": [int(mask.shape[0]), int(mask.shape[1])],
                 "pixel_spacing_mm": list(dicom.pixel_spacing) if dicom.pixel_spacing else None,
-                "model_input_size": self.size, "flipped": processed.geometry.flipped,
+                "model_input_size": self.size, "inference": self.model.describe(),
+                "flipped": processed.geometry.flipped,
                 "breast_box_px": list(processed.geometry.crop),
                 "outputs": [os.path.basename(base) + s for s in OUTPUT_SUFFIXES
                             if s != "_seg.dcm" or seg_written],

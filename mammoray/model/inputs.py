@@ -19,17 +19,25 @@ def to_model_input(images: np.ndarray) -> np.ndarray:
     return (x.astype(np.float32) * np.float32(1.0 / UINT16_MAX))[..., None]
 
 
+def stored_rows(images: Sequence[bytes], masks: Sequence[bytes],
+                size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Parquet rows' image/mask bytes -> (N, size, size) uint16 images and uint8 masks, as
+    stored."""
+    n = len(images)
+    stored = np.empty((n, size, size), np.uint16)
+    truth = np.empty((n, size, size), np.uint8)
+    for i in range(n):
+        stored[i] = np.frombuffer(images[i], np.uint16).reshape(size, size)
+        truth[i] = np.frombuffer(masks[i], np.uint8).reshape(size, size)
+    return stored, truth
+
+
 def decode_rows(images: Sequence[bytes], masks: Sequence[bytes],
                 size: int) -> tuple[np.ndarray, np.ndarray]:
     """Parquet rows' image/mask bytes (row-major (size, size) uint16 and uint8) -> the model's
     (N, size, size, 1) float32 input and the (N, size, size, 1) float32 0/1 truth."""
-    n = len(images)
-    stored = np.empty((n, size, size), np.uint16)
-    truth = np.empty((n, size, size, 1), np.float32)
-    for i in range(n):
-        stored[i] = np.frombuffer(images[i], np.uint16).reshape(size, size)
-        truth[i, ..., 0] = np.frombuffer(masks[i], np.uint8).reshape(size, size)
-    return to_model_input(stored), truth
+    stored, truth = stored_rows(images, masks, size)
+    return to_model_input(stored), truth[..., None].astype(np.float32)
 
 
 def predict_probabilities(model, x: np.ndarray) -> np.ndarray:

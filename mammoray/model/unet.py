@@ -28,9 +28,21 @@ def dropout_rates(cfg: ModelConfig) -> list[float]:
     return list(cfg.dropout)
 
 
-def check_input_size(cfg: ModelConfig, size: int) -> None:
-    """The input side must halve cleanly at every pooling step."""
+def check_input_size(cfg: ModelConfig, size: int, patch_size: int = 0,
+                     whole: bool = True) -> None:
+    """The input side must halve cleanly at every pooling step: the patch side in patch
+    training (and the image side too when whole images go through, ``infer.mode: whole``)."""
     factor = 2 ** (cfg.levels - 1)
+    if patch_size:
+        if patch_size > size:
+            raise ConfigError(f"train.patch_size: {patch_size} is larger than the data's "
+                              f"{size} x {size} images; allowed 0 (whole images) or up to "
+                              f"{size}")
+        if patch_size % factor:
+            raise ConfigError(f"train.patch_size: {cfg.levels} levels need a patch side "
+                              f"divisible by 2^{cfg.levels - 1} = {factor}, got {patch_size}")
+        if not whole:
+            return
     if size % factor:
         raise ConfigError(f"model.levels: {cfg.levels} levels need an input size divisible by "
                           f"2^{cfg.levels - 1} = {factor}; the data is {size} x {size} "

@@ -10,7 +10,7 @@ from mammoray.core import storage
 from mammoray.model.metrics import METRIC_NAMES
 
 COLUMNS = ["epoch", "loss", "val_loss", *METRIC_NAMES, *(f"val_{m}" for m in METRIC_NAMES),
-           "learning_rate", "train_images", "train_seconds", "seconds"]
+           "learning_rate", "train_images", "val_images", "train_seconds", "seconds"]
 
 
 def write_history(history: list[dict[str, Any]], output: str) -> None:

@@ -11,7 +11,15 @@ Batches: each worker reads its shard of the training rows (Ray Train splits the 
 equally; the last incomplete batch is dropped, so every worker runs the same number of steps,
 which the per-step all-reduce requires). ``train.batch_size`` is per worker: the global batch
 is ``batch_size x num_workers``, and the loss is scaled by 1 / num_workers so the summed
-gradients are those of the global mean. Every worker evaluates the whole validation split.
+gradients are those of the global mean. With ``train.patch_size`` the model is built for
+patches and each step takes ``batch_size`` patches drawn from ``batch_size /
+patches_per_image`` rows (:mod:`mammoray.model.patches`).
+
+Validation is sharded: each worker scores the validation images whose id hashes to its rank
+(the same on every worker, whatever order its reader yields), and the loss and metric sums
+are all-reduced, so the figures are those of the whole split, each image scored once. A
+patch-trained model scores whole images as prediction will (:class:`~mammoray.model.window.
+Segmenter`: sliding window or whole image, ``infer``).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import logging
 import math
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,14 +63,17 @@ class Replica:
     train_step: Any   # (x, y) -> [loss, *sums] of this replica's batch
     eval_step: Any    # (x, y) -> [loss x images, *sums]
     all_reduce: Any   # np vector -> the element-wise sum over all workers
+    segmenter: Any    # whole validation images -> probabilities, as prediction computes them
+    loss_fn: Any
 
     def set_learning_rate(self, rate: float) -> None:
         getattr(self.optimizer, "inner_optimizer", self.optimizer).learning_rate.assign(rate)
 
 
 def build_replica(cfg, size: int) -> Replica:
-    """Strategy, dtype policy, U-Net and Adam under the strategy's scope, and the tf.function
-    steps (the loss scaled for the global batch; float16 also scales it against underflow)."""
+    """Strategy, dtype policy, U-Net (for ``size`` images, or for ``train.patch_size``
+    patches) and Adam under the strategy's scope, and the tf.function steps (the loss scaled
+    for the global batch; float16 also scales it against underflow)."""
     import keras
     import tensorflow as tf
 
@@ -69,6 +81,7 @@ def build_replica(cfg, size: int) -> Replica:
     from mammoray.model.metrics import sums_tf
     from mammoray.model.runtime import precision_policy
     from mammoray.model.unet import build_unet
+    from mammoray.model.window import Segmenter
 
     tcfg = cfg.train
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -77,7 +90,7 @@ def build_replica(cfg, size: int) -> Replica:
     mixed = policy == "mixed_float16"  # float16 needs loss scaling; bfloat16 does not
     keras.utils.set_random_seed(tcfg.seed)
     with strategy.scope():
-        model = build_unet(cfg.model, size)
+        model = build_unet(cfg.model, tcfg.patch_size or size)
         optimizer = keras.optimizers.Adam(tcfg.learning_rate)
         if mixed:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -109,7 +122,8 @@ def build_replica(cfg, size: int) -> Replica:
     def all_reduce(vector: np.ndarray) -> np.ndarray:
         return _all_reduce(tf.constant(vector, tf.float32)).numpy().astype(np.float64)
 
-    return Replica(model, optimizer, strategy, train_step, eval_step, all_reduce)
+    return Replica(model, optimizer, strategy, train_step, eval_step, all_reduce,
+                   Segmenter(model, cfg, size), loss_fn)
 
 
 def restore(replica: Replica) -> list[dict[str, Any]]:
@@ -126,20 +140,31 @@ def restore(replica: Replica) -> list[dict[str, Any]]:
 
 
 def train_one_epoch(replica: Replica, shard, tcfg: TrainConfig, size: int,
-                    epoch: int) -> tuple[float, MetricSums, float]:
+                    epoch: int, rank: int = 0) -> tuple[float, MetricSums, float]:
     """One pass over this worker's shard; returns (mean loss, metric sums, seconds), both
-    all-reduced over the workers."""
+    all-reduced over the workers. Patch training: the sums are those of the patches."""
     import tensorflow as tf
 
-    from mammoray.model.inputs import decode_rows
+    from mammoray.model.inputs import decode_rows, stored_rows
+    from mammoray.model.patches import PatchSampler
 
     t0 = time.time()
     total = np.zeros(STEP_WIDTH)
     steps = 0
-    for batch in shard.iter_batches(batch_size=tcfg.batch_size, batch_format="numpy",
+    rows_per_step, sampler = tcfg.batch_size, None
+    if tcfg.patch_size:
+        rows_per_step = tcfg.batch_size // tcfg.patches_per_image
+        # Seeded by run, worker and epoch: a resumed epoch draws the same patches.
+        sampler = PatchSampler(tcfg.patch_size, tcfg.foreground_fraction,
+                               tcfg.patches_per_image, augment=tcfg.patch_augment,
+                               seed=(tcfg.seed * 1_000_003 + epoch) * 1009 + rank)
+    for batch in shard.iter_batches(batch_size=rows_per_step, batch_format="numpy",
                                     drop_last=True, local_shuffle_buffer_size=64,
                                     local_shuffle_seed=tcfg.seed + epoch):
-        x, y = decode_rows(batch["image"], batch["mask"], size)
+        if sampler is None:
+            x, y = decode_rows(batch["image"], batch["mask"], size)
+        else:
+            x, y = sampler(*stored_rows(batch["image"], batch["mask"], size))
         out = replica.strategy.run(replica.train_step, args=(tf.constant(x), tf.constant(y)))
         total += replica.strategy.experimental_local_results(out)[0].numpy()
         steps += 1
@@ -149,21 +174,43 @@ def train_one_epoch(replica: Replica, shard, tcfg: TrainConfig, size: int,
     return float(reduced[0] / max(1.0, reduced[1])), MetricSums.from_vector(reduced[2:]), seconds
 
 
+def validation_rank(image_id: str, world: int) -> int:
+    """The worker that scores a validation image: a hash of its id (stable across workers and
+    runs, unlike the order a reader yields rows in)."""
+    return zlib.crc32(image_id.encode()) % world
+
+
 def validate_one_epoch(replica: Replica, val_data, tcfg: TrainConfig, size: int, *,
-                       keep: int = 0) -> tuple[float, MetricSums, tuple | None]:
-    """The whole validation split on this worker; returns (mean loss, metric sums, the first
-    ``keep`` images and truths as model input, or None)."""
+                       keep: int = 0, rank: int = 0,
+                       world: int = 1) -> tuple[float, MetricSums, tuple | None]:
+    """This worker's share of the validation split, the sums all-reduced over the workers;
+    returns (mean loss, metric sums, the first ``keep`` of this worker's images and truths as
+    model input, or None)."""
     import tensorflow as tf
 
     from mammoray.model.inputs import decode_rows
+    from mammoray.model.metrics import sums_np
 
     total = np.zeros(STEP_WIDTH)
     kept: list[tuple[np.ndarray, np.ndarray]] = []
+    segmenter = replica.segmenter
+    segmenter.sync()
     for batch in val_data.iter_batches(batch_size=tcfg.batch_size, batch_format="numpy"):
-        x, y = decode_rows(batch["image"], batch["mask"], size)
-        total += replica.eval_step(tf.constant(x), tf.constant(y)).numpy()
+        mine = [i for i, image_id in enumerate(batch["image_id"])
+                if validation_rank(str(image_id), world) == rank]
+        if not mine:
+            continue
+        x, y = decode_rows([batch["image"][i] for i in mine], [batch["mask"][i] for i in mine],
+                           size)
+        if segmenter.windowed:
+            prob = segmenter(x)
+            loss = float(replica.loss_fn(tf.constant(y), tf.constant(prob)))
+            total += np.concatenate([[loss * len(x)], sums_np(y, prob)])
+        else:
+            total += replica.eval_step(tf.constant(x), tf.constant(y)).numpy()
         if sum(len(k[0]) for k in kept) < keep:
             kept.append((x, y))
+    total = replica.all_reduce(total)
     sums = MetricSums.from_vector(total[1:])
     first = None
     if kept:
@@ -248,10 +295,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if injected:
             faults.fire(injected, "train.epoch", epoch=epoch + 1, rank=rank)
         t0 = time.time()
-        train = train_one_epoch(replica, shard, tcfg, size, epoch)
-        val = validate_one_epoch(replica, val_data, tcfg, size, keep=live.images_due(epoch))
+        train = train_one_epoch(replica, shard, tcfg, size, epoch, rank)
+        val = validate_one_epoch(replica, val_data, tcfg, size, keep=live.images_due(epoch),
+                                 rank=rank, world=world)
         history.append(epoch_metrics(epoch, history, train, val, tcfg, t0, started))
-        report_epoch(replica, live.metrics(history[-1], replica.model, val[2]), history,
+        report_epoch(replica, live.metrics(history[-1], replica.segmenter, val[2]), history,
                      config, size, rank, wants_checkpoint(tcfg, history))
         live.log_mlflow(history[-1])
     live.end()

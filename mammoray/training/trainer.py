@@ -51,7 +51,8 @@ def check_train_config(cfg: ExperimentConfig, *, need_output: bool = True) -> di
     if need_output and not tcfg.output:
         raise ConfigError("train.output: required (the training output); pass --output DIR")
     info = read_dataset_json(tcfg.data)
-    check_input_size(cfg.model, image_size(info))
+    check_input_size(cfg.model, image_size(info), tcfg.patch_size,
+                     whole=cfg.infer.mode == "whole")
     return info
 
 

@@ -16,7 +16,7 @@ from mammoray.core.config import ExperimentConfig
 from mammoray.tuning.space import trial_config
 
 TRIAL_COLUMNS = ["trial_id", "status", "levels", "dropout", "learning_rate", "base_filters",
-                 "batch_size", "loss", "best_val_score", "best_val_iou", "best_val_dice",
+                 "batch_size", "loss", "patch_size", "foreground_fraction", "best_val_score", "best_val_iou", "best_val_dice",
                  "best_epoch", "epochs_run", "minutes", "baseline", "error"]
 
 
@@ -39,7 +39,8 @@ def trial_rows(results: list[dict[str, Any]], base: dict[str, Any], max_epochs: 
             "dropout": json.dumps(cfg.model.dropout),
             "learning_rate": cfg.train.learning_rate,
             "base_filters": cfg.model.base_filters, "batch_size": cfg.train.batch_size,
-            "loss": cfg.train.loss,
+            "loss": cfg.train.loss, "patch_size": cfg.train.patch_size,
+            "foreground_fraction": cfg.train.foreground_fraction,
             "best_val_score": best["val_score"] if best else math.nan,
             "best_val_iou": best["val_iou"] if best else math.nan,
             "best_val_dice": best["val_dice"] if best else math.nan,

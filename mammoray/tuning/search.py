@@ -91,14 +91,21 @@ def check_search_config(cfg: ExperimentConfig, *, resume: bool) -> dict[str, Any
         raise ConfigError("tune.output: required (the search output); pass --output DIR")
     info = read_dataset_json(cfg.train.data)
     size = image_size(info)
+    whole = cfg.infer.mode == "whole"
     for levels in range(t.levels[0], t.levels[1] + 1):
-        try:
-            check_input_size(dataclasses.replace(cfg.model, levels=levels), size)
-        except ConfigError:
-            factor = 2 ** (levels - 1)
-            raise ConfigError(f"tune.levels: {t.levels} includes {levels} levels, which need "
-                              f"an input size divisible by {factor}; the data is {size} x "
-                              f"{size}") from None
+        for patch in (t.patch_size or [cfg.train.patch_size]):
+            try:
+                check_input_size(dataclasses.replace(cfg.model, levels=levels), size, patch,
+                                 whole=whole)
+            except ConfigError as exc:
+                factor = 2 ** (levels - 1)
+                if patch > size:
+                    raise ConfigError(f"tune.patch_size: {t.patch_size} includes {patch}, "
+                                      f"larger than the data's {size} x {size} images") from None
+                side = f"a patch side ({patch})" if patch and not whole else f"input size"
+                raise ConfigError(f"tune.levels: {t.levels} includes {levels} levels, which "
+                                  f"need {side} divisible by {factor}; the data is {size} x "
+                                  f"{size}: {exc}") from None
     if not resume and storage.exists(experiment_path(cfg)):
         raise FileExistsError(f"{experiment_path(cfg)}: a search of this name exists; pass "
                               f"--resume to continue it, or choose another --output or "
@@ -353,7 +360,8 @@ def write_outputs(cfg: ExperimentConfig, results: list[dict[str, Any]], *,
                 ckpt.publish_best(d, output)
         summary["best"] = {k: best[k] for k in ("trial_id", "levels", "dropout",
                                                   "learning_rate", "base_filters",
-                                                  "batch_size", "loss", "best_val_iou",
+                                                  "batch_size", "loss", "patch_size",
+                                                  "foreground_fraction", "best_val_iou",
                                                   "best_val_dice", "best_epoch", "epochs_run")}
     base_row = next((r for r in rows if r["baseline"]), None)
     if base_row:

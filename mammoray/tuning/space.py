@@ -9,7 +9,8 @@ from typing import Any
 
 from mammoray.core.config import ExperimentConfig, config_from_dict
 
-SEARCHED_CHOICES = (("base_filters", "model"), ("batch_size", "train"), ("loss", "train"))
+SEARCHED_CHOICES = (("base_filters", "model"), ("batch_size", "train"), ("loss", "train"),
+                    ("patch_size", "train"), ("foreground_fraction", "train"))
 
 
 class SearchSpace:

@@ -30,7 +30,8 @@ def test_overrides_win_and_none_is_skipped():
 
 @pytest.mark.parametrize("tree,message", [
     ({"data": {"sise": 5}}, "data.sise: unknown key; allowed keys in 'data' are "),
-    ({"dta": {}}, "dta: unknown key; allowed keys at the top level are data, model, ray, train"),
+    ({"dta": {}}, "dta: unknown key; allowed keys at the top level are data, infer, model, ray, "
+                  "train, tune"),
     ({"model": {"levels": 7, "dropout": [0.1, 0.2]}},
      "model.dropout: give one value for all levels or one per level (7), got 2 values"),
     ({"model": {"dropout": [0.95]}}, "model.dropout[0]: 0.95 is out of range; allowed 0.0 to 0.9"),
@@ -92,10 +93,21 @@ def test_sources_and_shorthand_are_exclusive():
     assert [s.source_name for s in two.data.resolved_sources()] == ["folder", "x"]
 
 
-@pytest.mark.parametrize("name", ["laptop.yaml", "thesis.yaml"])
+@pytest.mark.parametrize("name", ["laptop.yaml", "laptop-patches.yaml", "thesis.yaml"])
 def test_shipped_configs_load(name):
+    from mammoray.model.unet import check_input_size
+
     cfg = load_config(os.path.join(CONFIGS, name))
     assert isinstance(cfg.data, DataConfig)
+    check_input_size(cfg.model, cfg.data.size, cfg.train.patch_size,
+                     whole=cfg.infer.mode == "whole")
+    # The study's setup stays whole-image; the patch config keeps the laptop U-Net.
+    if name == "thesis.yaml":
+        assert cfg.train.patch_size == 0
+    if name == "laptop-patches.yaml":
+        laptop = load_config(os.path.join(CONFIGS, "laptop.yaml"))
+        assert cfg.model == laptop.model and cfg.train.patch_size == 256
+        assert cfg.data.size == 512 and cfg.data.pad_to_square
 
 
 def test_thesis_data_setup():
@@ -128,6 +140,7 @@ def test_docs_document_every_config_key():
     from mammoray.core.config import (
         AugmentConfig,
         CropConfig,
+        InferConfig,
         ModelConfig,
         RayConfig,
         SourceConfig,
@@ -139,7 +152,7 @@ def test_docs_document_every_config_key():
         "preprocessing.md": (names(DataConfig, skip=("crop",)) + names(CropConfig, "crop.")
                              + names(SourceConfig, "sources[].", skip=("augment",))
                              + names(AugmentConfig, "augment.") + names(RayConfig)),
-        "training.md": names(ModelConfig) + names(TrainConfig),
+        "training.md": names(ModelConfig) + names(TrainConfig) + names(InferConfig, "infer."),
         "search.md": names(TuneConfig),
     }
     missing = {page: [k for k in keys if f"`{k}`" not in documented(page)]

@@ -252,3 +252,54 @@ def registered_checkpoints(storage_path) -> int:
         except ValueError:  # being written
             pass
     return found
+
+
+def test_patch_training_validates_as_prediction_does(data, tmp_path):
+    """Two workers train on 32-px patches of the 64-px images; validation is sharded between
+    them (each image scored once: val_images is the split's size) and goes through the
+    sliding window, so the best epoch's validation figures are what jobs.evaluate computes
+    with the published checkpoint on the same split."""
+    import pyarrow.parquet as pq
+
+    from mammoray.evaluation.job import EvaluateOptions, run_evaluation
+    from mammoray.model import checkpoint as ckpt
+    from mammoray.training.trainer import run_training
+
+    out = tmp_path / "patches"
+    summary = run_training(train_cfg(data, out, epochs=2, batch_size=4, patch_size=32,
+                                     patches_per_image=2, foreground_fraction=0.5,
+                                     tensorboard=False), log=lambda _: None)
+    rows = history(out)
+    table = pq.read_table(data / "ds" / "data", columns=["split", "augment_index"])
+    n_val = sum(1 for s, a in zip(table["split"].to_pylist(), table["augment_index"].to_pylist())
+                if s == "val" and a == 0)
+    assert [int(r["val_images"]) for r in rows] == [n_val, n_val]
+    model, cfg, size = ckpt.load_checkpoint_model(str(out / "best"))
+    assert model.input_shape[1:3] == (32, 32) and size == SIZE and cfg.train.patch_size == 32
+    result = run_evaluation(EvaluateOptions(checkpoint=str(out / "best"), data=str(data / "ds"),
+                                            split="val", output=str(tmp_path / "eval"),
+                                            threshold="0.5", bootstrap=10),
+                            config_from_dict({}).ray, log=lambda _: None)
+    assert result["protocol"]["inference"].startswith("sliding 32-px windows over 64 x 64")
+    best = rows[summary["best_epoch"] - 1]
+    assert result["figures"]["images"] == n_val
+    # The same model and windows; only float rounding between the two runtimes differs.
+    assert result["figures"]["mean_dice"] == pytest.approx(float(best["val_dice"]), abs=0.01,
+                                                           nan_ok=True)
+    assert result["figures"]["mean_iou"] == pytest.approx(float(best["val_iou"]), abs=0.01,
+                                                          nan_ok=True)
+
+
+def test_patch_config_errors_name_the_key(data):
+    from mammoray.training.trainer import run_training
+
+    for train, match in (({"patch_size": 128}, r"train.patch_size: 128 is larger than the "
+                                               r"data's 64 x 64 images"),
+                         ({"patch_size": 30}, r"train.patch_size: 3 levels need a patch side "
+                                              r"divisible by 2\^2 = 4, got 30"),
+                         ({"patch_size": 32, "batch_size": 3, "patches_per_image": 2},
+                          r"train.batch_size: 3 patches per step is not a multiple of "
+                          r"train.patches_per_image \(2\)")):
+        with pytest.raises(ConfigError, match=match):
+            run_training(train_cfg(data, data / "never", **train))
+    assert not (data / "never").exists()

@@ -1,0 +1,113 @@
+"""Patch training's input: patches drawn on the fly from whole preprocessed images.
+
+nnU-Net's recipe, on the worker (after ``iter_batches`` decodes the rows, before the step):
+each patch is centred on a random mass pixel with probability ``foreground_fraction``
+(an image without a mass gives a random patch instead), otherwise on a random breast pixel
+(a pixel above 0: preprocessing with ``data.breast_only`` sets everything else to 0; an image
+with no such pixel gives a uniformly placed patch). A centre near the border moves the patch
+inwards, so every patch lies inside the image and no padding is invented. Image and mask are
+cut at the same place; augmentation (albumentations) transforms both with one draw.
+
+Everything here is NumPy on uint16/uint8 arrays; the draws come from a
+``numpy.random.Generator`` the caller seeds (per worker and epoch), so a run is repeatable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mammoray.model.inputs import to_model_input
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Where one patch was cut: top-left corner (row, column) and whether it was drawn as a
+    foreground (mass-centred) patch."""
+
+    top: int
+    left: int
+    foreground: bool
+
+
+def _random_pixel(where: np.ndarray, rng: np.random.Generator) -> tuple[int, int] | None:
+    """A uniformly drawn (row, col) among the True pixels of ``where``, or None."""
+    flat = np.flatnonzero(where)
+    if flat.size == 0:
+        return None
+    index = int(flat[rng.integers(flat.size)])
+    return divmod(index, where.shape[1])
+
+
+def place_patch(centre: tuple[int, int], shape: tuple[int, int], patch: int) -> tuple[int, int]:
+    """The top-left corner of a ``patch`` x ``patch`` window centred on ``centre`` (row, col)
+    moved inwards so that it lies inside an image of ``shape``."""
+    height, width = shape
+    top = min(max(centre[0] - patch // 2, 0), height - patch)
+    left = min(max(centre[1] - patch // 2, 0), width - patch)
+    return int(top), int(left)
+
+
+def draw_patch(image: np.ndarray, mask: np.ndarray, patch: int, foreground_fraction: float,
+               rng: np.random.Generator) -> Patch:
+    """Where to cut one patch of ``image``/``mask`` (see the module's docstring)."""
+    height, width = image.shape
+    if patch > height or patch > width:
+        raise ValueError(f"train.patch_size {patch} is larger than the images "
+                         f"({height} x {width})")
+    centre = None
+    foreground = bool(rng.random() < foreground_fraction)
+    if foreground:
+        centre = _random_pixel(mask > 0, rng)
+        foreground = centre is not None
+    if centre is None:
+        centre = _random_pixel(image > 0, rng)
+    if centre is None:
+        centre = (int(rng.integers(height)), int(rng.integers(width)))
+    return Patch(*place_patch(centre, (height, width), patch), foreground=foreground)
+
+
+def augmenter(seed: int):
+    """The per-patch augmentation: one of the square's 8 symmetries, and brightness and
+    contrast changed by up to 10% (on float32 images in [0, 1], albumentations' range)."""
+    import albumentations as A
+
+    return A.Compose([A.D4(p=1.0),
+                      A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1,
+                                                 p=0.5)], seed=seed)
+
+
+class PatchSampler:
+    """Batches of patches from batches of decoded rows, for one worker."""
+
+    def __init__(self, patch: int, foreground_fraction: float, per_image: int, *,
+                 augment: bool, seed: int) -> None:
+        self.patch, self.foreground_fraction, self.per_image = patch, foreground_fraction, per_image
+        self.rng = np.random.default_rng(seed)
+        self.augment = augmenter(seed) if augment else None
+        self.drawn = self.foreground = 0
+
+    def __call__(self, images: np.ndarray,
+                 masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, S, S) uint16 images and (N, S, S) uint8 masks -> the model's (N x per_image,
+        P, P, 1) float32 input and 0/1 float32 truth."""
+        p = self.patch
+        x = np.empty((len(images) * self.per_image, p, p), np.uint16)
+        y = np.empty((len(images) * self.per_image, p, p), np.uint8)
+        k = 0
+        for image, mask in zip(images, masks):
+            for _ in range(self.per_image):
+                where = draw_patch(image, mask, p, self.foreground_fraction, self.rng)
+                x[k] = image[where.top:where.top + p, where.left:where.left + p]
+                y[k] = mask[where.top:where.top + p, where.left:where.left + p]
+                self.drawn += 1
+                self.foreground += where.foreground
+                k += 1
+        xf, yf = to_model_input(x), y[..., None].astype(np.float32)
+        if self.augment is not None:
+            for i in range(len(xf)):
+                out = self.augment(image=xf[i], mask=yf[i])
+                xf[i] = np.clip(out["image"], 0.0, 1.0).reshape(p, p, 1)
+                yf[i] = out["mask"].reshape(p, p, 1)
+        return xf, yf

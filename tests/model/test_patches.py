@@ -1,0 +1,109 @@
+"""The patch sampler on hand-made images: the foreground fraction over many draws, patches
+inside the image and the breast, image and mask cut and augmented together."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mammoray.model.patches import PatchSampler, draw_patch, place_patch
+
+pytestmark = pytest.mark.unit
+
+
+def breast_image(size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """A breast in the left 60% of the image (values > 0), zero elsewhere; one 6 x 6 mass."""
+    image = np.zeros((size, size), np.uint16)
+    image[:, : int(size * 0.6)] = 1000 + np.arange(int(size * 0.6), dtype=np.uint16)
+    mask = np.zeros((size, size), np.uint8)
+    mask[40:46, 20:26] = 1
+    return image, mask
+
+
+def test_place_patch_moves_inwards_at_the_border():
+    assert place_patch((0, 0), (100, 80), 32) == (0, 0)
+    assert place_patch((99, 79), (100, 80), 32) == (68, 48)
+    assert place_patch((50, 40), (100, 80), 32) == (34, 24)
+    assert place_patch((50, 40), (100, 80), 80) == (10, 0)
+
+
+def test_foreground_fraction_holds_over_many_draws():
+    image, mask = breast_image()
+    rng = np.random.default_rng(0)
+    draws = [draw_patch(image, mask, 32, 0.33, rng) for _ in range(3000)]
+    share = np.mean([d.foreground for d in draws])
+    # Binomial(3000, 0.33): standard deviation 0.0086; 4 sigma.
+    assert abs(share - 0.33) < 0.035
+    for d in draws:
+        patch_mask = mask[d.top:d.top + 32, d.left:d.left + 32]
+        patch_image = image[d.top:d.top + 32, d.left:d.left + 32]
+        assert 0 <= d.top <= 96 and 0 <= d.left <= 96
+        if d.foreground:
+            assert patch_mask.sum() > 0  # centred on a mass pixel
+        # Centred on the breast (columns 0-75): unclamped, the patch's centre pixel is
+        # breast; clamped at the left edge, the patch starts at 0.
+        assert d.left <= 75 - 16
+        assert patch_image[16, 16] > 0 or d.left == 0
+
+
+def test_random_patches_are_centred_in_the_breast():
+    image, mask = breast_image()
+    rng = np.random.default_rng(1)
+    for _ in range(500):
+        d = draw_patch(image, mask, 16, 0.0, rng)
+        assert not d.foreground
+        assert d.left <= 75 - 8
+        assert image[d.top + 8, d.left + 8] > 0 or d.left == 0
+    lefts = [draw_patch(image, mask, 16, 0.0, rng).left for _ in range(500)]
+    assert max(lefts) >= 55  # the whole breast is drawn from, not only its middle
+
+
+def test_no_mass_means_a_random_patch_and_no_breast_a_uniform_one():
+    image, mask = breast_image()
+    rng = np.random.default_rng(2)
+    draws = [draw_patch(image, np.zeros_like(mask), 16, 1.0, rng) for _ in range(200)]
+    assert not any(d.foreground for d in draws)
+    blank = [draw_patch(np.zeros_like(image), np.zeros_like(mask), 16, 0.5, rng)
+             for _ in range(200)]
+    lefts = [d.left for d in blank]
+    assert min(lefts) < 20 and max(lefts) > 90  # uniform over the whole image
+
+
+def test_patch_larger_than_the_image_is_refused():
+    image, mask = breast_image(32)
+    with pytest.raises(ValueError, match="patch_size 64 is larger than the images"):
+        draw_patch(image, mask, 64, 0.3, np.random.default_rng(0))
+
+
+def test_sampler_cuts_image_and_mask_at_the_same_place():
+    """The image is its own coordinates (value = row * size + col), so a patch shows where it
+    was cut; the mask is the image's parity: aligned patches keep mask == parity of image."""
+    size, p = 64, 16
+    coords = (np.arange(size * size, dtype=np.uint16).reshape(size, size) + 1)
+    mask = (coords % 2).astype(np.uint8)
+    sampler = PatchSampler(p, 0.5, 3, augment=False, seed=0)
+    x, y = sampler(np.stack([coords, coords]), np.stack([mask, mask]))
+    assert x.shape == (6, p, p, 1) and y.shape == (6, p, p, 1)
+    values = np.rint(x[..., 0] * 65535).astype(np.int64)
+    for k in range(6):
+        first = values[k, 0, 0] - 1
+        top, left = divmod(int(first), size)
+        want = coords[top:top + p, left:left + p]
+        assert np.array_equal(values[k], want)
+        assert np.array_equal(y[k, ..., 0], (want % 2).astype(np.float32))
+    assert sampler.drawn == 6
+
+
+def test_augmented_patches_keep_image_and_mask_aligned():
+    """With augmentation (flips, rotations, brightness/contrast) the mask still marks the
+    same pixels as the image's bright square."""
+    image = np.full((64, 64), 2000, np.uint16)
+    image[10:20, 30:44] = 60000
+    mask = (image == 60000).astype(np.uint8)
+    sampler = PatchSampler(32, 1.0, 1, augment=True, seed=3)
+    for _ in range(20):
+        x, y = sampler(image[None], mask[None])
+        bright = x[0, ..., 0] > 0.5
+        assert y[0, ..., 0].sum() > 0
+        assert np.array_equal(bright, y[0, ..., 0] > 0.5)
+        assert 0.0 <= x.min() and x.max() <= 1.0
