@@ -1,6 +1,6 @@
 """Prediction time per full-field DICOM and batch-evaluation throughput (not a test).
 
-    .venv/bin/python benchmarks/inference.py [--images 8] [--quick]
+    .venv/bin/python benchmarks/inference.py [--images 8] [--quick | --patch-modes]
                                              [--eval-data DIR --checkpoint DIR]
 
 1. ``jobs.predict`` on full-field scanned-film DICOMs (4000 x 3000, 16-bit RLE, from
@@ -10,6 +10,9 @@
    Median seconds per image of each stage: read, decode, preprocess, model, back-mapping
    (resize/crop/flip undone + threshold + lesion summary), writing (three PNGs, DICOM SEG,
    JSON), and writing's share of the total. ``--quick``: the laptop U-Net at 256 px only.
+   ``--patch-modes``: both training modes of the laptop U-Net side by side: whole 256-px
+   images (laptop.yaml) and 256-px patches over 512-px images (laptop-patches.yaml), the latter
+   through the sliding window (overlap 0.5) and as one whole-image pass.
 2. ``jobs.evaluate`` throughput (Parquet rows -> Ray Data -> one model per actor -> per-image
    figures at 23 thresholds) on a local Ray with 1 and then 2 CPUs (one actor per CPU), on the
    training split of ``benchmarks/quality.py``'s dataset with its trained laptop checkpoint
@@ -53,16 +56,20 @@ def full_field_inputs(n: int) -> str:
     return folder
 
 
-def make_checkpoint(folder: str, model_cfg: dict, size: int) -> str:
+def make_checkpoint(folder: str, model_cfg: dict, size: int, extra: dict | None = None) -> str:
+    """A checkpoint of fixed weights for ``size`` images; ``extra``: more config sections
+    (a ``train.patch_size`` builds the model for patches, as patch training does)."""
     import keras
 
     from mammoray.model.checkpoint import write_checkpoint
     from mammoray.model.unet import build_unet
 
-    cfg = config_from_dict({"model": model_cfg})
+    cfg = config_from_dict({"model": model_cfg, **(extra or {})})
     keras.utils.set_random_seed(0)  # the same weights, so the same masks to write, every run
-    model = build_unet(cfg.model, size)
+    model = build_unet(cfg.model, cfg.train.patch_size or size)
     preprocessing = cfg.to_dict()["data"] | {"size": size}
+    if extra and "data" in extra:
+        preprocessing.update(extra["data"])
     os.makedirs(folder, exist_ok=True)
     write_checkpoint(folder, model, cfg.to_dict(), size, preprocessing)
     return folder
@@ -105,24 +112,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-study-model", action="store_true")
     p.add_argument("--quick", action="store_true",
                    help="the laptop U-Net at 256 px only, no batch evaluation")
+    p.add_argument("--patch-modes", action="store_true",
+                   help="whole-image and patch-trained laptop U-Nets side by side, no batch "
+                        "evaluation")
     p.add_argument("--json", default=os.path.join(REPO, "benchmarks", "results",
                                                   "inference.json"))
     args = p.parse_args(argv)
     inputs = full_field_inputs(args.images)
     laptop = load_config(os.path.join(REPO, "jobs", "configs", "laptop.yaml")).to_dict()["model"]
     study = load_config(os.path.join(REPO, "jobs", "configs", "thesis.yaml")).to_dict()["model"]
-    models = [("laptop U-Net, 256 px", laptop, 256), ("laptop U-Net, 1024 px", laptop, 1024)]
+    models = [("laptop U-Net, 256 px", laptop, 256, None),
+              ("laptop U-Net, 1024 px", laptop, 1024, None)]
     if args.quick:
         models = models[:1]
+    elif args.patch_modes:
+        patched = {"train": {"patch_size": 256}, "data": {"pad_to_square": True}}
+        models = [("whole 256-px images (laptop.yaml)", laptop, 256, None),
+                  ("256-px patches, 512 px, sliding window", laptop, 512,
+                   patched | {"infer": {"mode": "sliding", "overlap": 0.5}}),
+                  ("256-px patches, 512 px, whole image", laptop, 512,
+                   patched | {"infer": {"mode": "whole"}})]
     elif not args.skip_study_model:
-        models.append(("study U-Net (7 levels, 64 filters), 1024 px", study, 1024))
+        models.append(("study U-Net (7 levels, 64 filters), 1024 px", study, 1024, None))
     results: dict = {"predict": {}, "evaluate": {}}
     with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as tmp:
-        for i, (name, cfg, size) in enumerate(models):
+        for i, (name, cfg, size, extra) in enumerate(models):
             print(f"predict: {name} ...", flush=True)
-            ckpt = make_checkpoint(os.path.join(tmp, str(i)), cfg, size)
+            ckpt = make_checkpoint(os.path.join(tmp, str(i)), cfg, size, extra)
             results["predict"][name] = bench_predict(inputs, ckpt)
-    if args.quick:
+    if args.quick or args.patch_modes:
         pass
     elif os.path.isdir(args.checkpoint) and os.path.isdir(args.eval_data):
         for cpus in (1, 2):

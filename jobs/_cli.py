@@ -36,19 +36,29 @@ def config_sets(args: argparse.Namespace) -> dict[str, Any]:
     return parse_sets(args.sets)
 
 
-def ray_config(args: argparse.Namespace, job: str):
+def ray_config(args: argparse.Namespace, job: str, sections: tuple[str, ...] = ("ray",)):
     """The ``ray`` section from the flags alone (jobs that take no config file); their
-    ``--set`` may only name ``ray.*`` keys."""
+    ``--set`` may only name keys of ``sections`` (``ray``, and ``infer`` for the jobs that
+    predict: see :func:`infer_overrides`)."""
     from mammoray.core.config import config_from_dict
 
     sets = config_sets(args)
-    other = [k for k in sets if not k.startswith("ray.")]
+    other = [k for k in sets if k.split(".", 1)[0] not in sections]
     if other:
-        raise ConfigError(f"--set {other[0]}: {job} takes a config's ray.* keys only (its "
+        allowed = " and ".join(f"{s}.*" for s in sections)
+        raise ConfigError(f"--set {other[0]}: {job} takes a config's {allowed} keys only (its "
                           "other options are its flags; see --help)")
     return config_from_dict({"ray": {k.split(".", 1)[1]: v
                                      for k, v in ray_overrides(args).items()
                                      if v is not None}}, sets=sets).ray
+
+
+def infer_overrides(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``--set infer.KEY=VALUE`` values as overrides of a checkpoint's ``infer`` section (how
+    a model trained on patches predicts whole images), checked by the job."""
+    found = {k.split(".", 1)[1]: v for k, v in config_sets(args).items()
+             if k.startswith("infer.")}
+    return found or None
 
 
 EXIT_INTERRUPTED = 130

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs._cli import add_ray_flags, ray_config, run
+from jobs._cli import add_ray_flags, infer_overrides, ray_config, run
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,11 +49,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--batch-size and --actors must be at least 1")
         if args.bootstrap < 10:
             raise ValueError("--bootstrap must be at least 10")
-        ray_cfg = ray_config(args, "jobs.evaluate")
+        ray_cfg = ray_config(args, "jobs.evaluate", ("ray", "infer"))
         run_evaluation(EvaluateOptions(
             checkpoint=args.checkpoint, data=args.data, split=args.split, output=args.output,
             threshold=args.threshold, batch_size=args.batch_size, actors=args.actors,
-            bootstrap=args.bootstrap, overwrite=args.overwrite), ray_cfg)
+            bootstrap=args.bootstrap, overwrite=args.overwrite, infer=infer_overrides(args)),
+            ray_cfg)
 
     return run(job, expected=(EvaluationError, ValueError))
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs._cli import add_ray_flags, ray_config, run
+from jobs._cli import add_ray_flags, infer_overrides, ray_config, run
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,11 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     def job() -> None:
         if args.actors is not None and args.actors < 1:
             raise ValueError("--actors must be at least 1")
-        ray_cfg = ray_config(args, "jobs.predict")
+        ray_cfg = ray_config(args, "jobs.predict", ("ray", "infer"))
         summary = run_prediction(PredictOptions(
             checkpoint=args.checkpoint, input=args.input, output=args.output,
             threshold=args.threshold, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
-            skip_existing=args.skip_existing, actors=args.actors), ray_cfg)
+            skip_existing=args.skip_existing, actors=args.actors,
+            infer=infer_overrides(args)), ray_cfg)
         if summary["predicted"] == 0 and summary["skipped"] == 0:
             raise ValueError(f"--input {args.input}: no file could be predicted "
                              f"({summary['rejected']} rejected; see predict_summary.json)")

@@ -27,7 +27,7 @@ from mammoray.core.ray_session import ray_session
 from mammoray.evaluation import figures, report
 from mammoray.evaluation.scoring import EvaluationError, score_split
 from mammoray.model.checkpoint import check_checkpoint
-from mammoray.model.window import describe_inference
+from mammoray.model.window import check_infer, describe_inference, with_infer
 
 SPLITS = ("train", "val", "test")
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class EvaluateOptions:
     bootstrap: int = 1000
     seed: int = 0
     overwrite: bool = False
+    infer: dict[str, Any] | None = None  # overrides of the checkpoint's infer section
 
 
 def parse_threshold(value: str) -> float | None:
@@ -66,6 +67,7 @@ def _check(opts: EvaluateOptions) -> tuple[dict[str, Any], dict[str, Any], float
     if threshold is None and opts.split == "val":
         raise ConfigError("--threshold val: the threshold is chosen on the validation split, "
                           "so evaluate another split (e.g. --split test) or give a number")
+    check_infer(opts.infer)
     meta = check_checkpoint(opts.checkpoint)
     info = read_dataset_json(opts.data)
     size = image_size(info)
@@ -126,7 +128,7 @@ def run_evaluation(opts: EvaluateOptions, ray_cfg: RayConfig,
                 thresholds = tuple(sorted((*thresholds, threshold)))
             scoring = {"thresholds": thresholds, "batch_size": opts.batch_size,
                        "actors": opts.actors, "cpus_per_actor": opts.cpus_per_actor,
-                       "wait_s": ray_cfg.resource_wait_s}
+                       "wait_s": ray_cfg.resource_wait_s, "infer": opts.infer}
             threshold, source = _threshold(opts, threshold, scoring, log)
             k = thresholds.index(threshold)
             log(f"evaluate: scoring split '{opts.split}' ...")
@@ -136,7 +138,7 @@ def run_evaluation(opts: EvaluateOptions, ray_cfg: RayConfig,
         diameters = _diameters(rows, size, pad)
         result = _result(opts, rows, k, threshold, source, size, diameters, thresholds,
                          score_seconds)
-        trained = config_from_dict(meta["config"])
+        trained = with_infer(config_from_dict(meta["config"]), opts.infer)
         result["protocol"]["inference"] = describe_inference(
             trained, size, trained.train.patch_size or size)
         _write_outputs(opts, result, rows, k, size, diameters, staged)
@@ -201,7 +203,7 @@ def _write_outputs(opts: EvaluateOptions, result: dict[str, Any], rows: list[dic
     report.write_froc_png(result["froc"], threshold, staged.path("froc.png"),
                           f"FROC, split {opts.split}, {len(rows)} images, {size} px input")
     result["overlays"] = report.write_overlays(opts.checkpoint, opts.data, rows, k, threshold,
-                                               size, staged)
+                                               size, staged, infer=opts.infer)
     storage.write_bytes(staged.path("metrics.json"),
                         json.dumps(report.json_safe(result), indent=1).encode())
     report.write_report_html(result, staged.path("report.html"))

@@ -31,7 +31,8 @@ def _read_rows(data: str, image_ids: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def write_overlays(checkpoint: str, data: str, rows, k: int, threshold: float, size: int,
-                   staged: storage.StagedOutput) -> list[dict[str, Any]]:
+                   staged: storage.StagedOutput, *,
+                   infer: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Best and worst images with a mass (by Dice), outlined: truth green, prediction red."""
     from mammoray.core.overlays import draw_overlay, write_png
     from mammoray.model.checkpoint import LocalCheckpoint
@@ -49,7 +50,7 @@ def write_overlays(checkpoint: str, data: str, rows, k: int, threshold: float, s
     found = _read_rows(data, [rows[i]["image_id"] for _, i in chosen])
     configure_tensorflow(os.cpu_count() or 1, False)
     with LocalCheckpoint(checkpoint) as folder:
-        model, _, _ = segmenter_of(folder)
+        model, _, _ = segmenter_of(folder, infer)
     cases = []
     for rank, (kind, i) in enumerate(chosen):
         row = found[rows[i]["image_id"]]

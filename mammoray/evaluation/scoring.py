@@ -38,13 +38,14 @@ class RowScorer:
     """Ray Data actor: scores preprocessed rows at every threshold of ``thresholds``."""
 
     def __init__(self, checkpoint, thresholds: tuple[float, ...] = THRESHOLDS,
-                 cpus: float = 1.0, use_gpu: bool = False) -> None:
+                 cpus: float = 1.0, use_gpu: bool = False,
+                 infer: dict[str, Any] | None = None) -> None:
         from mammoray.model.runtime import configure_tensorflow
 
         configure_tensorflow(cpus, use_gpu)
         self.thresholds = tuple(thresholds)
         with ckpt.LocalCheckpoint(checkpoint) as folder:
-            self.model, _, self.size = segmenter_of(folder)
+            self.model, _, self.size = segmenter_of(folder, infer)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from mammoray.model.inputs import decode_rows, predict_probabilities
@@ -71,7 +72,7 @@ def split_rows(data: str, split: str):
 
 def score_split(checkpoint: str, data: str, split: str, *, thresholds: tuple[float, ...],
                 batch_size: int, actors: int | None, cpus_per_actor: float,
-                wait_s: float) -> list[dict[str, Any]]:
+                wait_s: float, infer: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Per-image stats of every row of ``split`` (Ray Data, one model per actor)."""
     import ray
 
@@ -90,7 +91,7 @@ def score_split(checkpoint: str, data: str, split: str, *, thresholds: tuple[flo
     scored = ds.map_batches(
         RowScorer, fn_constructor_kwargs={"checkpoint": ckpt.share_checkpoint(checkpoint),
                                           "thresholds": thresholds, "cpus": cpus_per_actor,
-                                          "use_gpu": pool.use_gpu},
+                                          "use_gpu": pool.use_gpu, "infer": infer},
         batch_size=batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=pool.size),
         num_cpus=cpus_per_actor, num_gpus=1 if pool.use_gpu else None)

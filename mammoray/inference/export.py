@@ -18,6 +18,9 @@ The output folder holds:
 - ``export.json``: what was exported, from which checkpoint config, and the largest absolute
   difference of each exported model's output from the checkpoint's on a fixed probe batch.
 
+A checkpoint trained on patches is exported for whole images: its weights in a U-Net built for
+the dataset's image size (what ``infer.mode: whole`` computes).
+
 The folder is published only when complete (:class:`mammoray.core.storage.StagedOutput`).
 """
 
@@ -142,6 +145,24 @@ def onnx_probabilities(path: str, images: np.ndarray) -> np.ndarray:
     return session.run(["probability"], {"image": images})[0]
 
 
+def whole_image_model(model, cfg, size: int, log: Callable[[str], None]):
+    """A patch-trained model's weights in a U-Net built for whole ``size`` images (what
+    ``infer.mode: whole`` computes): a served model takes whole images, with no windowing
+    left to the client."""
+    from mammoray.model.unet import check_input_size
+    from mammoray.model.window import resized_model
+
+    try:
+        check_input_size(cfg.model, size)
+    except ConfigError as exc:
+        raise ConfigError(f"--checkpoint: trained on {model.input_shape[1]}-px patches; an "
+                          f"exported model takes whole images, so {exc}") from None
+    whole = resized_model(model, size)
+    log(f"export: trained on {model.input_shape[1]}-px patches; exported for whole {size} x "
+        f"{size} images (as infer.mode: whole predicts)")
+    return whole
+
+
 def export_checkpoint(opts: ExportOptions, *, log: Callable[[str], None] = print
                       ) -> dict[str, Any]:
     """Export ``opts.checkpoint`` into ``opts.output``; returns export.json's content."""
@@ -152,6 +173,8 @@ def export_checkpoint(opts: ExportOptions, *, log: Callable[[str], None] = print
                               "pass --overwrite")
     with ckpt.LocalCheckpoint(storage.normalize(opts.checkpoint)) as folder:
         model, cfg, size = ckpt.load_checkpoint_model(folder)
+    if int(model.input_shape[1]) != size:
+        model = whole_image_model(model, cfg, size, log)
     images = probe_batch(size, opts.probe_images)
     reference = predict_probabilities(model, to_model_input(images))
     work = tempfile.mkdtemp(prefix="mammoray-export-")

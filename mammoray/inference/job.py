@@ -43,6 +43,7 @@ from mammoray.inference.predictor import (
     stem_of,
 )
 from mammoray.model.checkpoint import check_checkpoint, share_checkpoint
+from mammoray.model.window import check_infer
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class PredictOptions:
     skip_existing: bool = False  # keep the inputs whose outputs are all there; predict the rest
     actors: int | None = None
     cpus_per_actor: float = 1.0
+    # Overrides of the checkpoint's infer section (mode, overlap) for a patch-trained model.
+    infer: dict[str, Any] | None = None
 
 
 def is_input_name(name: str) -> bool:
@@ -92,6 +95,7 @@ def check_prediction(opts: PredictOptions) -> tuple[str, list[str], str, list[st
     outputs are all there), or a clear error before any work."""
     if not 0.0 < opts.threshold < 1.0:
         raise ConfigError(f"--threshold {opts.threshold}: must be between 0 and 1 (exclusive)")
+    check_infer(opts.infer)
     if opts.overwrite and opts.skip_existing:
         raise ConfigError("--overwrite and --skip-existing: choose one (replace every "
                           "prediction, or keep the finished ones)")
@@ -144,7 +148,7 @@ def run_prediction(opts: PredictOptions, ray_cfg: RayConfig,
             "checkpoint": share_checkpoint(opts.checkpoint), "input_root": root,
             "output_root": output, "threshold": opts.threshold, "write_seg": opts.dicom_seg,
             "run_id": uuid.uuid4().hex, "cpus": opts.cpus_per_actor, "use_gpu": pool.use_gpu,
-            "injected": faults.from_env()}
+            "injected": faults.from_env(), "infer": opts.infer}
         # A dataset keeps the DataContext of its creation: tolerate errored blocks from here.
         with isolation.tolerant_blocks():
             ds = ray.data.from_items([{"relpath": r} for r in relpaths],

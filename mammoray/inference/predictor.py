@@ -74,7 +74,8 @@ class DicomPredictor:
 
     def __init__(self, checkpoint, input_root: str, output_root: str, threshold: float,
                  write_seg: bool, run_id: str, cpus: float = 1.0,
-                 use_gpu: bool = False, injected: list[dict[str, Any]] | None = None) -> None:
+                 use_gpu: bool = False, injected: list[dict[str, Any]] | None = None,
+                 infer: dict[str, Any] | None = None) -> None:
         from mammoray import __version__
         from mammoray.model import checkpoint as ckpt
         from mammoray.model.runtime import configure_tensorflow
@@ -82,7 +83,7 @@ class DicomPredictor:
 
         configure_tensorflow(cpus, use_gpu)
         with ckpt.LocalCheckpoint(checkpoint) as folder:
-            self.model, _, self.size = segmenter_of(folder)
+            self.model, _, self.size = segmenter_of(folder, infer)
             self.data_cfg = ckpt.checkpoint_data_config(folder)
         self.input_root, self.output_root = input_root, output_root
         self.threshold, self.write_seg, self.run_id = threshold, write_seg, run_id

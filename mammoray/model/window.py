@@ -9,8 +9,9 @@ so every pixel has weight) that trusts a window's centre more than its edges, wh
 network saw less context; the blended probability is sum(w x p) / sum(w) per pixel, so the
 weights at each pixel are normalised to 1 whatever the overlap.
 
-Whole: the network is fully convolutional, so the patch-trained weights are put in a U-Net
-built for the whole image (same layers, other input size) and the image goes through once.
+Whole: the network is fully convolutional, so the patch-trained weights are put in the same
+model built for the whole image (same layers, other input size) and the image goes through
+once.
 
 :class:`Segmenter` is what evaluation, prediction, the validation of patch training and the
 progress pictures call: ``segmenter(x)`` like a Keras model, for any model.
@@ -116,10 +117,7 @@ class Segmenter:
 
     def _whole_model(self):
         if self._whole is None:
-            from mammoray.model.unet import build_unet
-
-            self._whole = build_unet(self.cfg.model, self.size)
-            self._whole.set_weights(self.model.get_weights())
+            self._whole = resized_model(self.model, self.size)
         return self._whole
 
     def _window_predict(self):
@@ -136,9 +134,45 @@ class Segmenter:
         return self._predict
 
 
-def segmenter_of(folder: str) -> tuple[Segmenter, Any, int]:
-    """(Segmenter, ExperimentConfig, image size) of a local checkpoint folder."""
+def with_infer(cfg, infer: dict[str, Any] | None):
+    """``cfg`` with its ``infer`` keys replaced by ``infer`` (a job's --window/--overlap),
+    checked like a config file's (a bad value names ``infer.<key>``)."""
+    if not infer:
+        return cfg
+    from mammoray.core.config import config_from_dict
+
+    tree = cfg.to_dict()
+    tree["infer"] = {**tree["infer"], **infer}
+    return config_from_dict(tree)
+
+
+def check_infer(infer: dict[str, Any] | None) -> None:
+    """Stop a job before any work on a bad --window/--overlap."""
+    from mammoray.core.config import config_from_dict
+
+    config_from_dict({"infer": dict(infer or {})})
+
+
+def resized_model(model, size: int):
+    """The same functional model (layers, dtype policies, weights) taking ``size`` x ``size``
+    inputs: every layer of a fully convolutional network works at any size its poolings
+    divide."""
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] == "InputLayer":
+            shape = list(layer["config"]["batch_shape"])
+            layer["config"]["batch_shape"] = [shape[0], size, size, *shape[3:]]
+    resized = model.__class__.from_config(config)
+    resized.set_weights(model.get_weights())
+    return resized
+
+
+def segmenter_of(folder: str, infer: dict[str, Any] | None = None
+                 ) -> tuple[Segmenter, Any, int]:
+    """(Segmenter, ExperimentConfig, image size) of a local checkpoint folder; ``infer``
+    overrides the checkpoint's own ``infer`` keys."""
     from mammoray.model.checkpoint import load_checkpoint_model
 
     model, cfg, size = load_checkpoint_model(folder)
+    cfg = with_infer(cfg, infer)
     return Segmenter(model, cfg, size), cfg, size

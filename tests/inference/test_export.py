@@ -120,3 +120,34 @@ def test_bad_paths_stop_before_any_work(bf16_checkpoint, exported, tmp_path, cap
     assert capsys.readouterr().err.strip() == (
         f"error: --output {out}: already exists; choose another folder or pass --overwrite")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_patch_trained_checkpoint_is_exported_for_whole_images(tmp_path):
+    """Trained on 16-px patches of 32-px images: the served model takes whole 32 x 32 images
+    and computes what infer.mode: whole does (the weights in a U-Net built for 32 px)."""
+    import keras
+    import tensorflow as tf
+
+    from mammoray.core.config import config_from_dict
+    from mammoray.inference.export import ExportOptions, export_checkpoint
+    from mammoray.model.checkpoint import write_checkpoint
+    from mammoray.model.inputs import to_model_input
+    from mammoray.model.unet import build_unet
+    from mammoray.model.window import Segmenter
+
+    cfg = config_from_dict({"model": {"levels": 2, "base_filters": 4},
+                            "train": {"patch_size": 16}, "infer": {"mode": "whole"}})
+    keras.utils.set_random_seed(4)
+    patch_model = build_unet(cfg.model, 16)
+    folder = tmp_path / "best"
+    folder.mkdir()
+    write_checkpoint(str(folder), patch_model, cfg.to_dict(), SIZE, {"size": SIZE})
+    messages = []
+    summary = export_checkpoint(ExportOptions(checkpoint=str(folder), output=str(tmp_path / "x"),
+                                              onnx=False), log=messages.append)
+    assert summary["size"] == SIZE and "trained on 16-px patches" in messages[0]
+    images = np.random.default_rng(8).integers(0, 65536, (2, SIZE, SIZE)).astype(np.uint16)
+    loaded = tf.saved_model.load(str(tmp_path / "x" / "saved_model"))
+    got = loaded.signatures["serving_default"](image=tf.constant(images))["probability"]
+    want = Segmenter(patch_model, cfg, SIZE)(to_model_input(images))[..., 0]
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-6)

@@ -173,3 +173,59 @@ def test_predict_rejects_only_the_files_that_crash_their_decoder(world, tmp_path
         "decoder crashed: its worker process died (WorkerCrashedError)"
     assert [r["status"] for r in (by_path["L_CC.dcm"], by_path["L_MLO.dcm"])] == ["ok", "ok"]
     assert (folder / "L_CC_mask.png").exists() and not (folder / "R_MLO_mask.png").exists()
+
+
+def test_a_patch_trained_checkpoint_predicts_whole_images_through_windows(world, tmp_path):
+    """The fixed model (a pointwise 1x1 convolution) saved as if trained on 32-px patches of
+    the 64-px data: jobs.predict goes through sliding windows with Gaussian blending (weights
+    normalised), so its masks on the original grid are those of the same model taking whole
+    images; its JSON says how it predicted. `--set infer.mode=whole` (the override) puts the
+    same weights in a model built for the whole image: the same masks again."""
+    import keras
+
+    from mammoray.core.config import config_from_dict
+    from mammoray.core.dataset import read_dataset_json
+    from mammoray.inference.job import PredictOptions, run_prediction
+    from mammoray.model.checkpoint import write_checkpoint
+
+    base, ckpt = world
+    inp = keras.Input((32, 32, 1))
+    out = keras.layers.Conv2D(1, 1, activation="sigmoid", name="head",
+                              kernel_initializer=keras.initializers.Constant(20.0),
+                              bias_initializer=keras.initializers.Constant(-14.0))(inp)
+    patch_ckpt = tmp_path / "patch_best"
+    patch_ckpt.mkdir()
+    write_checkpoint(str(patch_ckpt), keras.Model(inp, out),
+                     config_from_dict({"train": {"patch_size": 32},
+                                       "infer": {"overlap": 0.5}}).to_dict(),
+                     64, read_dataset_json(str(base / "ds"))["parameters"])
+    names = ["patient_0000/L_CC.dcm", "patient_0001/L_MLO.dcm"]
+    for folder in ("whole", "patches", "override"):
+        for name in names:
+            (tmp_path / folder / os.path.dirname(name)).mkdir(parents=True, exist_ok=True)
+            shutil.copy(base / "raw" / name, tmp_path / folder / name)
+    for folder, checkpoint, infer in (("whole", ckpt, None), ("patches", patch_ckpt, None),
+                                      ("override", patch_ckpt, {"mode": "whole"})):
+        summary = run_prediction(PredictOptions(checkpoint=str(checkpoint),
+                                                input=str(tmp_path / folder), infer=infer),
+                                 RayConfig(), log=lambda _: None)
+        assert summary["predicted"] == 2
+    for name in names:
+        stem = name[:-4]
+        whole = cv2.imread(str(tmp_path / "whole" / (stem + "_mask.png")), cv2.IMREAD_UNCHANGED)
+        windowed = cv2.imread(str(tmp_path / "patches" / (stem + "_mask.png")),
+                              cv2.IMREAD_UNCHANGED)
+        assert 0 < (whole > 0).sum() < whole.size
+        np.testing.assert_array_equal(windowed, whole)
+        overridden = cv2.imread(str(tmp_path / "override" / (stem + "_mask.png")),
+                                cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(overridden, whole)
+        with open(tmp_path / "patches" / (stem + ".json")) as fh:
+            info = json.load(fh)
+        assert info["inference"] == ("sliding 32-px windows over 64 x 64 images (overlap 0.5, "
+                                     "Gaussian sigma 0.125 x patch)")
+        with open(tmp_path / "whole" / (stem + ".json")) as fh:
+            assert json.load(fh)["inference"] == "whole 64 x 64 images"
+        with open(tmp_path / "override" / (stem + ".json")) as fh:
+            assert json.load(fh)["inference"] == ("whole 64 x 64 images through the weights of "
+                                                  "32-px patch training")

@@ -143,8 +143,17 @@ def test_set_errors_end_a_job_before_any_work(tmp_path, capsys):
         "train.batch_size: 0 is out of range; allowed 1 to 4096"
     assert error_of(evaluate.main, ["--checkpoint", str(tmp_path), "--data", str(tmp_path),
                                     "--set", "train.epochs=3"], capsys) == (
-        "--set train.epochs: jobs.evaluate takes a config's ray.* keys only (its other "
-        "options are its flags; see --help)")
+        "--set train.epochs: jobs.evaluate takes a config's ray.* and infer.* keys only (its "
+        "other options are its flags; see --help)")
+    from jobs import predict
+
+    # infer.* is checked like a config file's key, before the checkpoint is even looked at.
+    assert error_of(predict.main, ["--checkpoint", str(tmp_path), "--input", str(tmp_path),
+                                   "--set", "infer.overlap=0.99"], capsys) == \
+        "infer.overlap: 0.99 is out of range; allowed 0.0 to 0.95"
+    assert error_of(evaluate.main, ["--checkpoint", str(tmp_path), "--data", str(tmp_path),
+                                    "--set", "infer.mode=tiles"], capsys) == \
+        "infer.mode: 'tiles' is not allowed; choose one of 'sliding', 'whole'"
     assert not (tmp_path / "o").exists()
 
 

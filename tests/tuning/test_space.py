@@ -64,3 +64,25 @@ def test_concurrency_from_the_clusters_resources():
     assert auto_concurrency(cfg(cpus_per_worker=4), {"CPU": 2.0}) == 1  # at least one
     assert auto_concurrency(cfg(cpus_per_worker=8, use_gpu=True),
                             {"CPU": 64.0, "GPU": 3.0}) == 3
+
+
+def test_patch_size_and_foreground_fraction_can_be_searched():
+    cfg = config_from_dict({"train": {"patch_size": 256, "foreground_fraction": 0.33},
+                            "model": {"levels": 5, "dropout": [0.1]},
+                            "tune": {"patch_size": [0, 128, 256],
+                                     "foreground_fraction": [0.33, 0.5]}})
+    space = SearchSpace(cfg.tune)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        space(trial)
+        point = trial_config(cfg.to_dict(), trial.params, for_search=True)
+        assert point.train.patch_size == trial.params["patch_size"]
+        assert point.train.foreground_fraction == trial.params["foreground_fraction"]
+        seen.add((point.train.patch_size, point.train.foreground_fraction))
+        study.tell(trial, 0.0)
+    assert {p for p, _ in seen} == {0, 128, 256} and {f for _, f in seen} == {0.33, 0.5}
+    # The config's own values are the baseline point when they are among the choices.
+    assert baseline_params(cfg)["patch_size"] == 256
+    assert baseline_params(cfg)["foreground_fraction"] == 0.33
