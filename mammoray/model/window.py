@@ -135,7 +135,7 @@ class Segmenter:
 
 
 def with_infer(cfg, infer: dict[str, Any] | None):
-    """``cfg`` with its ``infer`` keys replaced by ``infer`` (a job's --window/--overlap),
+    """``cfg`` with its ``infer`` keys replaced by ``infer`` (a job's ``--set infer.*``),
     checked like a config file's (a bad value names ``infer.<key>``)."""
     if not infer:
         return cfg
@@ -147,7 +147,7 @@ def with_infer(cfg, infer: dict[str, Any] | None):
 
 
 def check_infer(infer: dict[str, Any] | None) -> None:
-    """Stop a job before any work on a bad --window/--overlap."""
+    """Stop a job before any work on a bad ``--set infer.*`` value."""
     from mammoray.core.config import config_from_dict
 
     config_from_dict({"infer": dict(infer or {})})
