@@ -85,7 +85,8 @@ def bench_predict(inputs: str, ckpt: str) -> dict:
     finally:
         shutil.rmtree(out, ignore_errors=True)
     return {"predicted": summary["predicted"], "wall_seconds": summary["wall_seconds"],
-            "median_seconds": summary["median_seconds_per_image"]}
+            "median_seconds": summary["median_seconds_per_image"],
+            "median_write_cpu_seconds": summary["median_write_cpu_seconds"]}
 
 
 def bench_evaluate(data: str, ckpt: str, cpus: int) -> dict:
@@ -158,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results["predict"].items():
         m = r["median_seconds"]
         print(f"{name:46}" + "".join(f"{m[s]:11.3f}" for s in STAGES)
-              + f"{sum(m.values()):11.3f}   (writing {m['write'] / sum(m.values()):.0%})")
+              + f"{sum(m.values()):11.3f}   (writing {m['write'] / sum(m.values()):.0%}; "
+              f"its CPU {r['median_write_cpu_seconds']:.3f} s on two threads)")
     if results["evaluate"]:
         print("\nBatch evaluation (laptop U-Net, 256 px, one actor per CPU)")
         print(f"{'CPUs':>5} {'images':>7} {'scoring s':>10} {'images/s':>9} {'job s':>7}")

@@ -34,7 +34,7 @@ def write_overlays(checkpoint: str, data: str, rows, k: int, threshold: float, s
                    staged: storage.StagedOutput, *,
                    infer: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Best and worst images with a mass (by Dice), outlined: truth green, prediction red."""
-    from mammoray.core.overlays import draw_overlay, write_png
+    from mammoray.core.overlays import write_overlay
     from mammoray.model.checkpoint import LocalCheckpoint
     from mammoray.model.inputs import decode_rows, predict_probabilities
     from mammoray.model.runtime import configure_tensorflow
@@ -63,7 +63,7 @@ def write_overlays(checkpoint: str, data: str, rows, k: int, threshold: float, s
             image = np.kron(image, np.ones((f, f), np.float32))
             truth, pred = (np.kron(m, np.ones((f, f), np.uint8)) for m in (truth, pred))
         name = f"{kind}_{rank + 1}_{rows[i]['image_id'][:12]}.png"
-        write_png(staged.path("overlays", name), draw_overlay(image, pred, truth))
+        write_overlay(staged.path("overlays", name), image, pred, truth)
         cases.append({"kind": kind, "file": f"overlays/{name}", "image_id": rows[i]["image_id"],
                       "dice": dice[i]})
     return cases

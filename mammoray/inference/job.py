@@ -186,14 +186,15 @@ def rescue_lost(relpaths: list[str], results: list[dict[str, Any]],
         rows.append(row if error is None else {
             "relpath": relpath, "status": "rejected", "reason": isolation.crash_reason(error),
             "mass_found": None, "lesions": None, "seg_written": None,
-            **{f"seconds_{s}": 0.0 for s in STAGES}})
+            "cpu_seconds_write": 0.0, **{f"seconds_{s}": 0.0 for s in STAGES}})
     return rows
 
 
 def summarize(opts: PredictOptions, relpaths: list[str], results: list[dict[str, Any]],
               wall_seconds: float, skipped: list[str] | None = None) -> dict[str, Any]:
     """predict_summary.json: counts (inputs = predicted + rejected + skipped, checked; skipped:
-    kept from an earlier run by --skip-existing), median seconds per stage, and every input's
+    kept from an earlier run by --skip-existing), median seconds per stage (wall time; the
+    writing stage's CPU time, over its two threads, apart), and every input's
     status."""
     skipped = skipped or []
     results = sorted(results + [
@@ -207,9 +208,11 @@ def summarize(opts: PredictOptions, relpaths: list[str], results: list[dict[str,
                            f"{len(rejected)} rejected")
     seconds = {s: float(np.median([r[f"seconds_{s}"] for r in ok])) if ok else None
                for s in STAGES}
+    write_cpu = float(np.median([r["cpu_seconds_write"] for r in ok])) if ok else None
     return {"inputs": len(relpaths) + len(skipped), "predicted": len(ok),
             "rejected": len(rejected), "skipped": len(skipped),
             "threshold": opts.threshold, "dicom_seg": opts.dicom_seg,
-            "median_seconds_per_image": seconds, "wall_seconds": wall_seconds,
+            "median_seconds_per_image": seconds, "median_write_cpu_seconds": write_cpu,
+            "wall_seconds": wall_seconds,
             "images": [{k: r[k] for k in ("relpath", "status", "reason", "mass_found",
                                           "lesions", "seg_written")} for r in results]}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import cv2
@@ -17,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from mammoray.core import faults, storage
-from mammoray.core.overlays import draw_overlay, write_png
+from mammoray.core.overlays import write_overlay, write_png
 from mammoray.core.timing import StageTimer
 from mammoray.inference.seg import dicom_seg
 from mammoray.model.inputs import predict_probabilities, to_model_input
@@ -32,7 +34,8 @@ OVERLAY_MAX_SIDE = 2048
 RESULT_SCHEMA = pa.schema(
     [("relpath", pa.string()), ("status", pa.string()), ("reason", pa.string()),
      ("mass_found", pa.bool_()), ("lesions", pa.int64()), ("seg_written", pa.bool_())]
-    + [(f"seconds_{s}", pa.float64()) for s in STAGES])
+    + [(f"seconds_{s}", pa.float64()) for s in STAGES]
+    + [("cpu_seconds_write", pa.float64())])
 
 
 def stem_of(relpath: str) -> str:
@@ -49,8 +52,11 @@ def lesion_summary(mask: np.ndarray, prob: np.ndarray,
     end-exclusive) and area in pixels, and in mm when the pixel spacing (row, col) is known."""
     n, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8),
                                                                    connectivity=8)
-    peak = np.zeros(n, np.float32)  # each component's maximum probability, in one pass
-    np.maximum.at(peak, labels.ravel(), prob.ravel().astype(np.float32))
+    # Each component's maximum probability, in one pass over the mask's pixels only (a pass
+    # over the whole film cost 0.2 s).
+    inside = np.flatnonzero(mask)
+    peak = np.zeros(n, np.float32)
+    np.maximum.at(peak, labels.ravel()[inside], prob.ravel()[inside].astype(np.float32))
     out = []
     for i in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[i])
@@ -89,6 +95,11 @@ class DicomPredictor:
         self.threshold, self.write_seg, self.run_id = threshold, write_seg, run_id
         self.injected = injected or []
         self.version = __version__
+        # Two writer threads: the full-size probability PNG (the largest encode) starts as soon
+        # as the probabilities are on the original grid, the DICOM SEG once the mask is; the
+        # actor's own thread finds the lesions and writes the mask and overlay meanwhile.
+        # OpenCV's and Pillow's PNG encoders (zlib) release the GIL. The JSON comes last.
+        self.writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mammoray-write")
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = [self.predict(rel) for rel in batch.column("relpath").to_pylist()]
@@ -97,7 +108,8 @@ class DicomPredictor:
     def predict(self, relpath: str) -> dict[str, Any]:
         timer = StageTimer()
         row: dict[str, Any] = {"relpath": relpath, "status": "ok", "reason": None,
-                               "mass_found": None, "lesions": None, "seg_written": None}
+                               "mass_found": None, "lesions": None, "seg_written": None,
+                               "cpu_seconds_write": 0.0}
         try:
             if self.injected:
                 faults.fire(self.injected, "predict.image", relpath=relpath)
@@ -127,25 +139,35 @@ class DicomPredictor:
             x = to_model_input(processed.image)
         with timer("model"):
             prob = predict_probabilities(self.model, x)[0]
-        with timer("back_map"):
-            prob_orig = np.clip(to_original(prob, processed.geometry), 0.0, 1.0)
-            mask = (prob_orig >= self.threshold).astype(np.uint8)
-            lesions = lesion_summary(mask, prob_orig, dicom.pixel_spacing)
+        base = storage.join(self.output_root, stem_of(relpath))
+        jobs: list[Future] = []
+        try:
+            with timer("back_map"):
+                prob_orig = np.clip(to_original(prob, processed.geometry), 0.0, 1.0)
+                # Written from here on, on a writer thread, while this one finds the lesions.
+                jobs.append(self.writer.submit(_write_probabilities, base + "_prob.png",
+                                               prob_orig))
+                mask = (prob_orig >= self.threshold).astype(np.uint8)
+                lesions = lesion_summary(mask, prob_orig, dicom.pixel_spacing)
+            with timer("write"):
+                if self.write_seg:
+                    jobs.append(self.writer.submit(self._write_seg, base + "_seg.dcm", data,
+                                                   mask))
+                cpu0 = time.thread_time()
+                write_png(base + "_mask.png", mask * 255, bilevel=True)
+                write_overlay(base + "_overlay.png", dicom.pixels, mask,
+                              max_side=OVERLAY_MAX_SIDE)
+                cpu = time.thread_time() - cpu0
+                wait(jobs)
+        finally:
+            wait(jobs)  # never left writing after this image's row is returned
         with timer("write"):
-            base = storage.join(self.output_root, stem_of(relpath))
-            # round(p * 255) in one pass (saturating; prob_orig is in [0, 1])
-            write_png(base + "_prob.png", cv2.convertScaleAbs(prob_orig, alpha=255.0))
-            write_png(base + "_mask.png", mask * 255, bilevel=True)
-            write_png(base + "_overlay.png", draw_overlay(dicom.pixels, mask,
-                                                          max_side=OVERLAY_MAX_SIDE))
-            seg_written, seg_error = False, None
-            if self.write_seg:
-                try:
-                    storage.write_bytes(base + "_seg.dcm", dicom_seg(
-                        data, mask, run_id=self.run_id, software_version=self.version))
-                    seg_written = True
-                except Exception as exc:  # the PNGs and JSON are still useful
-                    seg_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            # Their errors, if any, reject the image (a SEG's error is only noted).
+            cpu += jobs[0].result()
+            seg_written, seg_error, seg_cpu = jobs[1].result() if self.write_seg else \
+                (False, None, 0.0)
+            cpu += seg_cpu
+            cpu1 = time.thread_time()
             summary = {
                 "image": os.path.basename(relpath), "mass_found": bool(lesions),
                 "lesion_count": len(lesions), "lesions": lesions,
@@ -159,9 +181,31 @@ class DicomPredictor:
                             if s != "_seg.dcm" or seg_written],
                 "dicom_seg_error": seg_error,
             }
+            # Last: a JSON says every other output of its image is complete.
             storage.write_bytes(base + ".json", json.dumps(summary, indent=1).encode())
+            cpu += time.thread_time() - cpu1
         return {"mass_found": bool(lesions), "lesions": len(lesions),
-                "seg_written": seg_written}
+                "seg_written": seg_written, "cpu_seconds_write": cpu}
+
+    def _write_seg(self, path: str, data: bytes, mask: np.ndarray
+                   ) -> tuple[bool, str | None, float]:
+        """The DICOM SEG: (written, error, CPU seconds); an error leaves the other outputs."""
+        cpu0 = time.thread_time()
+        try:
+            storage.write_bytes(path, dicom_seg(data, mask, run_id=self.run_id,
+                                                software_version=self.version))
+            return True, None, time.thread_time() - cpu0
+        except Exception as exc:  # the PNGs and JSON are still useful
+            return (False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                    time.thread_time() - cpu0)
+
+
+def _write_probabilities(path: str, prob: np.ndarray) -> float:
+    """The probability PNG (round(p * 255), one saturating pass; ``prob`` is in [0, 1]); returns
+    the CPU seconds it took on its thread."""
+    cpu0 = time.thread_time()
+    write_png(path, cv2.convertScaleAbs(prob, alpha=255.0))
+    return time.thread_time() - cpu0
 
 
 def predict_alone(relpath: str, actor_kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from mammoray.core.config import ConfigError, RayConfig
 
@@ -51,6 +52,7 @@ def test_predict_folder_with_broken_files(world, tmp_path):
     summary = run_prediction(PredictOptions(checkpoint=str(ckpt), input=str(folder)),
                              RayConfig(), log=lambda _: None)
     assert summary["inputs"] == 5 and summary["predicted"] == 3 and summary["rejected"] == 2
+    assert summary["median_write_cpu_seconds"] > 0
     by_path = {r["relpath"]: r for r in summary["images"]}
     assert "not a DICOM" in by_path["notes.dcm"]["reason"]
     assert by_path["truncated.dcm"]["status"] == "rejected" and by_path["truncated.dcm"]["reason"]
@@ -75,6 +77,10 @@ def test_predict_folder_with_broken_files(world, tmp_path):
         assert prob_png.shape == mask.shape and prob_png.dtype == np.uint8
         overlay = cv2.imread(stem + "_overlay.png")
         assert overlay.shape[:2] == mask.shape  # under 2048 px: not shrunk
+        # A palette PNG with the predicted mass outlined in red.
+        assert ((overlay == (0, 0, 255)).all(-1)).any()
+        with Image.open(stem + "_overlay.png") as pic:
+            assert pic.mode == "P"
         with open(stem + ".json") as fh:
             info = json.load(fh)
         n_components = cv2.connectedComponents((mask > 0).astype(np.uint8), connectivity=8)[0] - 1
