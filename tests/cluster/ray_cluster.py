@@ -40,6 +40,22 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+WORKER_PORT_FLOOR = 10000
+
+
+def worker_port_base() -> int:
+    """The first of 100 worker ports for this test process, below the kernel's ephemeral range:
+    the other ports (``free_ports``, Ray's random ones) come from that range, and Ray refuses to
+    start when one of them falls inside the worker range (it did: 38741 in 38700-38799)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            low = int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    slots = max(1, min(200, (low - WORKER_PORT_FLOOR) // 100))
+    return WORKER_PORT_FLOOR + (os.getpid() % slots) * 100
+
+
 class SessionCluster:
     """Nodes started with `ray start`, each in its own session; ``stop`` ends exactly them."""
 
@@ -58,7 +74,7 @@ class SessionCluster:
                         RAY_USAGE_STATS_ENABLED="0", PYTHONPATH="", RAY_AUTH_MODE="token",
                         RAY_AUTH_TOKEN=self.token)
         self.env.pop("RAY_ADDRESS", None)
-        self.worker_port_base = 20000 + (os.getpid() % 200) * 100  # this test process's range
+        self.worker_port_base = worker_port_base()
 
     def node_flags(self, i: int, worker_ports: tuple[int, int], cpus: int = 2) -> list[str]:
         nm, om, agent, agent_grpc, rt_env, metrics = self.node_ports[i]
