@@ -184,8 +184,8 @@ def validate_one_epoch(replica: Replica, val_data, tcfg: TrainConfig, size: int,
                        keep: int = 0, rank: int = 0,
                        world: int = 1) -> tuple[float, MetricSums, tuple | None]:
     """This worker's share of the validation split, the sums all-reduced over the workers;
-    returns (mean loss, metric sums, the first ``keep`` of this worker's images and truths as
-    model input, or None)."""
+    returns (mean loss, metric sums, the split's first ``keep`` images and truths as model
+    input, whichever worker scores them, or None)."""
     import tensorflow as tf
 
     from mammoray.model.inputs import decode_rows
@@ -196,6 +196,12 @@ def validate_one_epoch(replica: Replica, val_data, tcfg: TrainConfig, size: int,
     segmenter = replica.segmenter
     segmenter.sync()
     for batch in val_data.iter_batches(batch_size=tcfg.batch_size, batch_format="numpy"):
+        wanted = keep - sum(len(k[0]) for k in kept)
+        if wanted > 0:
+            # Pictures come from the split's first images whichever worker scores them: with
+            # random-salted ids a small split can hash wholly to other workers.
+            kept.append(decode_rows(list(batch["image"][:wanted]), list(batch["mask"][:wanted]),
+                                    size))
         mine = [i for i, image_id in enumerate(batch["image_id"])
                 if validation_rank(str(image_id), world) == rank]
         if not mine:
@@ -208,8 +214,6 @@ def validate_one_epoch(replica: Replica, val_data, tcfg: TrainConfig, size: int,
             total += np.concatenate([[loss * len(x)], sums_np(y, prob)])
         else:
             total += replica.eval_step(tf.constant(x), tf.constant(y)).numpy()
-        if sum(len(k[0]) for k in kept) < keep:
-            kept.append((x, y))
     total = replica.all_reduce(total)
     sums = MetricSums.from_vector(total[1:])
     first = None

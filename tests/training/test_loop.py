@@ -1,4 +1,5 @@
-"""The training loop's pure parts: the learning-rate schedule."""
+"""The training loop's parts on one process: the learning-rate schedule, checkpoint choice, and
+sharded validation on a real (tiny) replica."""
 
 import pytest
 
@@ -37,3 +38,49 @@ def test_checkpoints_every_n_epochs_at_a_new_best_and_at_the_last_epoch():
     every = config_from_dict({"train": {"epochs": 3}}).train
     assert all(wants_checkpoint(every, [{"epoch": e, "val_score": 0.0, "best_val_score": 1.0}])
                for e in (1, 2, 3))
+
+
+class _Batches:
+    """Validation rows in one numpy batch per ``batch_size`` rows, as Ray Data's
+    ``iter_batches(batch_format="numpy")`` yields them."""
+
+    def __init__(self, rows: dict):
+        self.rows = rows
+
+    def iter_batches(self, batch_size: int, batch_format: str):
+        assert batch_format == "numpy"
+        for start in range(0, len(self.rows["image_id"]), batch_size):
+            yield {k: v[start:start + batch_size] for k, v in self.rows.items()}
+
+
+def test_validation_pictures_come_from_the_split_even_when_no_image_is_this_workers():
+    """With validation sharded by image id, rank 0 may score none of a small split (the ids
+    are salted at random per run); its pictures are still the split's first images, while its
+    sums hold only its own share (none here)."""
+    import numpy as np
+
+    from mammoray.model.inputs import to_model_input
+    from mammoray.training.loop import build_replica, validate_one_epoch, validation_rank
+
+    size = 16
+    ids = [f"img{i}" for i in range(40)]
+    others = [i for i in ids if validation_rank(i, 2) == 1][:3]
+    assert len(others) == 3
+    images = [np.full((size, size), 1000 * (k + 1), np.uint16).tobytes() for k in range(3)]
+    masks = [np.eye(size, dtype=np.uint8).tobytes() for _ in range(3)]
+    rows = {"image_id": np.array(others, object), "image": np.array(images, object),
+            "mask": np.array(masks, object)}
+    cfg = config_from_dict({"model": {"levels": 2, "base_filters": 4},
+                            "train": {"batch_size": 2, "loss": "bce"}})
+    replica = build_replica(cfg, size)
+    loss, sums, kept = validate_one_epoch(replica, _Batches(rows), cfg.train, size, keep=3,
+                                          rank=0, world=2)
+    assert sums.images == 0 and loss == 0.0
+    x, y = kept
+    assert x.shape == (3, size, size, 1) and y.shape == (3, size, size, 1)
+    stored = np.stack([np.frombuffer(b, np.uint16).reshape(size, size) for b in images])
+    np.testing.assert_array_equal(x, to_model_input(stored))  # the split's order
+    np.testing.assert_array_equal(y[..., 0], np.broadcast_to(np.eye(size), (3, size, size)))
+    # Rank 1 scores all three and keeps no pictures when none are asked for.
+    _, sums1, none = validate_one_epoch(replica, _Batches(rows), cfg.train, size, rank=1, world=2)
+    assert sums1.images == 3 and none is None
