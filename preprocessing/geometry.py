@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from mammoray.core.config import CropConfig
+from mammoray.core.shrinking import shrink, shrink_factor
 
 Box = tuple[int, int, int, int]
 
@@ -88,13 +89,8 @@ def thumbnail(image: np.ndarray, long_side: int) -> tuple[np.ndarray, int]:
     full-field image; docs/decisions.md); up to k - 1 trailing rows/columns are left out of the
     thumbnail.
     """
-    h, w = image.shape[:2]
-    k = max(1, -(-max(h, w) // long_side))
-    if k == 1:
-        return image, 1
-    th, tw = h // k, w // k
-    view = image[: th * k, : tw * k]
-    return cv2.resize(view, (tw, th), interpolation=cv2.INTER_AREA), k
+    k = shrink_factor(image.shape, long_side)
+    return shrink(image, k, cv2.INTER_AREA, edges="trim"), k
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -10,13 +10,13 @@ as BGR for the places that need colour pixels (QC cards, TensorBoard pictures)."
 from __future__ import annotations
 
 import io
-import math
 import os
 
 import cv2
 import numpy as np
 
 from mammoray.core import storage
+from mammoray.core.shrinking import shrink, shrink_factor
 
 TRUTH_INDEX, PREDICTION_INDEX = 254, 255
 TRUTH_RGB, PREDICTION_RGB = (0, 200, 0), (255, 0, 0)
@@ -32,25 +32,6 @@ def to_gray_u8(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint8:
         return image
     return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
-
-
-def shrink_factor(shape: tuple[int, ...], max_side: int | None) -> int:
-    """The smallest whole factor that brings the longest side to at most ``max_side``."""
-    return max(1, math.ceil(max(shape[:2]) / max_side)) if max_side else 1
-
-
-def shrink(image: np.ndarray, factor: int, interpolation: int) -> np.ndarray:
-    """``image`` shrunk by a whole ``factor`` (the bottom and right edges repeated up to a
-    multiple of it first): OpenCV averages factor x factor blocks on its fast path, 10-15x the
-    speed of a fractional scale on a full-field mammogram."""
-    if factor == 1:
-        return image
-    h, w = image.shape[:2]
-    pad_h, pad_w = -h % factor, -w % factor
-    if pad_h or pad_w:
-        image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_REPLICATE)
-    return cv2.resize(image, ((w + pad_w) // factor, (h + pad_h) // factor),
-                      interpolation=interpolation)
 
 
 def overlay_indices(image: np.ndarray, prediction: np.ndarray | None,

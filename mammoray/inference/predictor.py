@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -26,6 +27,8 @@ from mammoray.model.inputs import predict_probabilities, to_model_input
 from preprocessing.dicom_io import RejectedImage, read_dicom
 from preprocessing.geometry import to_original
 from preprocessing.transform import describe, preprocess_image
+
+T = TypeVar("T")
 
 OUTPUT_SUFFIXES = ("_mask.png", "_prob.png", "_overlay.png", "_seg.dcm", ".json")
 INPUT_SUFFIXES = (".dcm", ".dicom")
@@ -145,29 +148,23 @@ class DicomPredictor:
             with timer("back_map"):
                 prob_orig = np.clip(to_original(prob, processed.geometry), 0.0, 1.0)
                 # Written from here on, on a writer thread, while this one finds the lesions.
-                jobs.append(self.writer.submit(_write_probabilities, base + "_prob.png",
-                                               prob_orig))
+                jobs.append(self.writer.submit(with_thread_cpu, _write_probabilities,
+                                               base + "_prob.png", prob_orig))
                 mask = (prob_orig >= self.threshold).astype(np.uint8)
                 lesions = lesion_summary(mask, prob_orig, dicom.pixel_spacing)
             with timer("write"):
                 if self.write_seg:
-                    jobs.append(self.writer.submit(self._write_seg, base + "_seg.dcm", data,
-                                                   mask))
-                cpu0 = time.thread_time()
-                write_png(base + "_mask.png", mask * 255, bilevel=True)
-                write_overlay(base + "_overlay.png", dicom.pixels, mask,
-                              max_side=OVERLAY_MAX_SIDE)
-                cpu = time.thread_time() - cpu0
+                    jobs.append(self.writer.submit(with_thread_cpu, self._write_seg,
+                                                   base + "_seg.dcm", data, mask))
+                _, cpu = with_thread_cpu(self._write_pictures, base, dicom.pixels, mask)
                 wait(jobs)
         finally:
             wait(jobs)  # never left writing after this image's row is returned
         with timer("write"):
             # Their errors, if any, reject the image (a SEG's error is only noted).
-            cpu += jobs[0].result()
-            seg_written, seg_error, seg_cpu = jobs[1].result() if self.write_seg else \
-                (False, None, 0.0)
-            cpu += seg_cpu
-            cpu1 = time.thread_time()
+            cpu += jobs[0].result()[1]
+            (seg_written, seg_error), seg_cpu = jobs[1].result() if self.write_seg else \
+                ((False, None), 0.0)
             summary = {
                 "image": os.path.basename(relpath), "mass_found": bool(lesions),
                 "lesion_count": len(lesions), "lesions": lesions,
@@ -182,30 +179,38 @@ class DicomPredictor:
                 "dicom_seg_error": seg_error,
             }
             # Last: a JSON says every other output of its image is complete.
-            storage.write_bytes(base + ".json", json.dumps(summary, indent=1).encode())
-            cpu += time.thread_time() - cpu1
-        return {"mass_found": bool(lesions), "lesions": len(lesions),
-                "seg_written": seg_written, "cpu_seconds_write": cpu}
+            _, json_cpu = with_thread_cpu(storage.write_bytes, base + ".json",
+                                          json.dumps(summary, indent=1).encode())
+        return {"mass_found": bool(lesions), "lesions": len(lesions), "seg_written": seg_written,
+                "cpu_seconds_write": cpu + seg_cpu + json_cpu}
 
-    def _write_seg(self, path: str, data: bytes, mask: np.ndarray
-                   ) -> tuple[bool, str | None, float]:
-        """The DICOM SEG: (written, error, CPU seconds); an error leaves the other outputs."""
-        cpu0 = time.thread_time()
+    def _write_seg(self, path: str, data: bytes, mask: np.ndarray) -> tuple[bool, str | None]:
+        """The DICOM SEG: (written, error); an error leaves the other outputs."""
         try:
             storage.write_bytes(path, dicom_seg(data, mask, run_id=self.run_id,
                                                 software_version=self.version))
-            return True, None, time.thread_time() - cpu0
+            return True, None
         except Exception as exc:  # the PNGs and JSON are still useful
-            return (False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
-                    time.thread_time() - cpu0)
+            return False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+
+    @staticmethod
+    def _write_pictures(base: str, pixels: np.ndarray, mask: np.ndarray) -> None:
+        """The bilevel mask PNG and the overlay."""
+        write_png(base + "_mask.png", mask * 255, bilevel=True)
+        write_overlay(base + "_overlay.png", pixels, mask, max_side=OVERLAY_MAX_SIDE)
 
 
-def _write_probabilities(path: str, prob: np.ndarray) -> float:
-    """The probability PNG (round(p * 255), one saturating pass; ``prob`` is in [0, 1]); returns
-    the CPU seconds it took on its thread."""
+def with_thread_cpu(fn: Callable[..., T], *args) -> tuple[T, float]:
+    """``fn(*args)`` and the CPU seconds it took on the calling thread (the writing's CPU is
+    reported apart from its wall time: it runs on writer threads beside the actor's)."""
     cpu0 = time.thread_time()
+    result = fn(*args)
+    return result, time.thread_time() - cpu0
+
+
+def _write_probabilities(path: str, prob: np.ndarray) -> None:
+    """The probability PNG (round(p * 255), one saturating pass; ``prob`` is in [0, 1])."""
     write_png(path, cv2.convertScaleAbs(prob, alpha=255.0))
-    return time.thread_time() - cpu0
 
 
 def predict_alone(relpath: str, actor_kwargs: dict[str, Any]) -> dict[str, Any]:

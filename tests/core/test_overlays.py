@@ -16,9 +16,8 @@ from mammoray.core.overlays import (
     draw_overlay,
     overlay_indices,
     overlay_png,
-    shrink,
-    shrink_factor,
 )
+from mammoray.core.shrinking import shrink, shrink_factor
 
 pytestmark = pytest.mark.unit
 
@@ -97,3 +96,12 @@ def test_a_full_field_overlay_is_shrunk_by_a_whole_factor_and_keeps_small_masses
     assert (ys.min(), ys.max(), xs.min(), xs.max()) == (497, 508, 497, 508)
     assert (idx[501:505, 501:505] == PREDICTION_INDEX).all()
     assert (idx[:490] == (30000 >> 8)).all()
+
+
+def test_shrink_can_trim_the_edges_instead_and_names_what_is_allowed():
+    odd = np.array([[0, 8, 16], [40, 48, 56], [80, 88, 96]], np.uint16)
+    # 3 x 3 -> its leading 2 x 2 block -> 1 x 1 (the breast-finding thumbnail's way)
+    np.testing.assert_array_equal(shrink(odd, 2, cv2.INTER_AREA, edges="trim"),
+                                  [[(0 + 8 + 40 + 48) / 4]])
+    with pytest.raises(ValueError, match="edges='wrap': choose 'repeat' or 'trim'"):
+        shrink(odd, 2, cv2.INTER_AREA, edges="wrap")
