@@ -45,6 +45,7 @@ from preprocessing.transform import PASSTHROUGH, SCHEMA, SCHEMA_VERSION, process
 REJECTED_COLUMNS = ("relpath", "source", "image_id", "reason")
 WRITE_CPUS = 0.25  # Parquet writing is light next to decoding; leave the cores to the map
 FILE_BYTES = 64 << 20  # target Parquet file size when data.rows_per_file is 0 (auto)
+BYTES_COLUMNS = ("image", "mask")  # the per-image pixel bytes, most of a row
 
 
 class PreprocessError(RuntimeError):
@@ -221,7 +222,7 @@ def _rescue_lost(records: list[dict[str, Any]], index: pa.Table, rejected: pa.Ta
     ok = done.filter(pc.equal(done.column("status"), "ok")).drop_columns(["status"])
     if ok.num_rows:
         fs, path = storage.resolve(staged.path("data", "rescued.parquet"))
-        pq.write_table(ok, path, filesystem=fs)
+        pq.write_table(ok, path, filesystem=fs, **parquet_write_options(kwargs["cfg"]))
     not_ok = done.filter(pc.not_equal(done.column("status"), "ok"))
     log(f"preprocess: {len(lost)} input(s) lost with a task whose process died, processed "
         f"one by one: {len(lost) - not_ok.num_rows} written, {not_ok.num_rows} rejected")
@@ -244,6 +245,16 @@ def _split_summary(index: pa.Table) -> dict[str, Any]:
                           "augmented_rows": len(sel) - len(originals)}
         out[source] = per
     return out
+
+
+def parquet_write_options(data_cfg: DataConfig) -> dict[str, Any]:
+    """pyarrow's Parquet write options for the rows: the configured codec, and no dictionary
+    and no statistics for the image and mask bytes. A 2 MB value never repeats, so its
+    dictionary is built and thrown away, and its min/max tells a reader nothing; the two cost
+    twice the codec's CPU (``benchmarks/parquet_codec.py``). The files read back the same."""
+    small = [c for c in SCHEMA.names if c not in BYTES_COLUMNS and c != "status"]
+    return {"compression": data_cfg.parquet_compression, "use_dictionary": small,
+            "write_statistics": small}
 
 
 def _run_pipeline(ray, records: list[dict[str, Any]], notes: dict[str, Any],
@@ -273,7 +284,8 @@ def _run_pipeline(ray, records: list[dict[str, Any]], notes: dict[str, Any],
         # processed rows in one worker.
         ds.write_parquet(staged.path("rows"), partition_cols=["status"],
                          min_rows_per_file=rows_per_file, max_rows_per_file=rows_per_file,
-                         ray_remote_args={"num_cpus": WRITE_CPUS})
+                         ray_remote_args={"num_cpus": WRITE_CPUS},
+                         **parquet_write_options(data_cfg))
     t_written = time.time()
     index, rejected = _collect(staged)
     index, rejected = _rescue_lost(records, index, rejected, staged, map_kwargs, log)

@@ -244,6 +244,12 @@ class DataConfig:
     rows_per_file: int = option(0, "rows per Parquet file; 0 = about 64 MB per file (bounded "
                                 "so that files stay far below Arrow's 2 GiB array limit and "
                                 "the writer's memory stays small)", min=0, max=4096)
+    parquet_compression: str = option("snappy", "Parquet codec of the rows (the image and mask "
+                                      "bytes are most of them): snappy = readable by every "
+                                      "Parquet tool; lz4 = 4% smaller and faster to read; "
+                                      "zstd = 8% smaller, twice snappy's write CPU; none = "
+                                      "least CPU, 1.7x the bytes (benchmarks/RESULTS.md)",
+                                      choices=("snappy", "lz4", "zstd", "none"))
     cpus_per_task: float = option(1.0, "CPUs reserved per preprocessing task", min=0.05,
                                   max=64.0)
     images_per_task: int = option(4, "images one preprocessing task processes in a row "

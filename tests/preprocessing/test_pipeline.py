@@ -44,7 +44,7 @@ def result(raw, tmp_path_factory, local_ray):
     mp.setenv("MAMMORAY_PATIENT_SALT", TEST_SALT)
     try:
         cfg = config_from_dict({"data": {"input": str(root), "output": str(out), "size": SIZE,
-                                         "rows_per_file": 5}})
+                                         "rows_per_file": 5, "parquet_compression": "zstd"}})
         summary = run_preprocess(cfg, log=logs.append)
     finally:
         mp.undo()
@@ -113,6 +113,15 @@ def test_files_are_bounded_and_complete(result):
     files = glob.glob(str(out / "data" / "*.parquet"))
     assert all(pq.ParquetFile(f).metadata.num_rows <= 5 for f in files)
     assert len(files) >= len(rows) // 5
+    for f in files:  # the configured codec; the pixel bytes without dictionary or statistics
+        group = pq.ParquetFile(f).metadata.row_group(0)
+        chunks = {group.column(i).path_in_schema: group.column(i)
+                  for i in range(group.num_columns)}
+        assert {c.compression for c in chunks.values()} == {"ZSTD"}
+        for name in ("image", "mask"):
+            assert not chunks[name].is_stats_set
+            assert not [e for e in chunks[name].encodings if "DICTIONARY" in e]
+        assert chunks["split"].is_stats_set and chunks["split"].has_dictionary_page
     parent = os.path.dirname(out)
     assert not [p for p in os.listdir(parent) if ".partial-" in p]
 
