@@ -247,8 +247,8 @@ class DataConfig:
     parquet_compression: str = option("snappy", "Parquet codec of the rows (the image and mask "
                                       "bytes are most of them): snappy = readable by every "
                                       "Parquet tool; lz4 = 4% smaller and faster to read; "
-                                      "zstd = 8% smaller, twice snappy's write CPU; none = "
-                                      "least CPU, 1.7x the bytes (benchmarks/RESULTS.md)",
+                                      "zstd = 7% smaller, 2.2x snappy's write CPU; none = "
+                                      "least CPU, 1.8x the bytes (benchmarks/RESULTS.md)",
                                       choices=("snappy", "lz4", "zstd", "none"))
     cpus_per_task: float = option(1.0, "CPUs reserved per preprocessing task", min=0.05,
                                   max=64.0)
