@@ -30,26 +30,29 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-BYTES_COLUMNS = ["image", "mask"]
-# name -> ParquetFileFormat.make_write_options keyword arguments.
-VARIANTS: dict[str, dict] = {
-    "pyarrow default (snappy, dictionary, statistics)": {},
-    "snappy, bytes plain": {"compression": "snappy"},
-    "none, bytes plain": {"compression": "none"},
-    "lz4, bytes plain": {"compression": "lz4"},
-    "zstd 1, bytes plain": {"compression": "zstd", "compression_level": 1},
-    "zstd 3, bytes plain": {"compression": "zstd", "compression_level": 3},
+# name -> None (pyarrow's defaults, as before) or the pipeline's options with (codec, level).
+VARIANTS: dict[str, tuple[str, int | None] | None] = {
+    "pyarrow default (snappy, dictionary, statistics)": None,
+    "snappy, bytes plain": ("snappy", None),
+    "none, bytes plain": ("none", None),
+    "lz4, bytes plain": ("lz4", None),
+    "zstd 1, bytes plain": ("zstd", 1),
+    "zstd 3, bytes plain": ("zstd", 3),
 }
 
 
-def write_options(name: str, columns: list[str]) -> dict:
-    """The variant's write options; "bytes plain": no dictionary and no statistics for the image
-    and mask columns (a 2 MB value never repeats, and its min/max tells a reader nothing)."""
-    opts = dict(VARIANTS[name])
-    if opts:
-        others = [c for c in columns if c not in BYTES_COLUMNS]
-        opts.update(use_dictionary=others, write_statistics=others)
-    return opts
+def write_options(name: str) -> dict:
+    """The variant's write options: "bytes plain" ones are the pipeline's own
+    (``parquet_write_options``: no dictionary and no statistics for the image and mask
+    bytes) with the variant's codec and level."""
+    from mammoray.core.config import config_from_dict
+    from preprocessing.pipeline import parquet_write_options
+
+    if VARIANTS[name] is None:
+        return {}
+    codec, level = VARIANTS[name]
+    opts = parquet_write_options(config_from_dict({"data": {"parquet_compression": codec}}).data)
+    return opts if level is None else {**opts, "compression_level": level}
 
 
 def processed_rows(recs: list[dict], size: int):
@@ -73,10 +76,10 @@ def write(table, directory: str, options: dict) -> None:
                      file_options=ds.ParquetFileFormat().make_write_options(**options))
 
 
-def read(directory: str):
+def read(directory: str, columns: list[str]):
     import pyarrow.parquet as pq
 
-    return pq.read_table(directory, columns=BYTES_COLUMNS)
+    return pq.read_table(directory, columns=columns)
 
 
 def disk_bytes(directory: str) -> int:
@@ -95,12 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from preprocess import ensure_data, records, subset
 
+    from preprocessing.pipeline import BYTES_COLUMNS
+
+    columns = list(BYTES_COLUMNS)
     patients = -(-args.images // 4)
     full = ensure_data(args.data, max(12, patients), 4000, 3000)  # preprocess.py's data
     recs = records(subset(full, patients))[:args.images]
     table = processed_rows(recs, args.size)
     n = table.num_rows
-    want = table.select(BYTES_COLUMNS)
+    want = table.select(columns)
     cpu: dict[str, dict[str, list[float]]] = {v: {"write": [], "read": []} for v in VARIANTS}
     size: dict[str, int] = {}
     work = tempfile.mkdtemp(prefix="parquet-codec-")
@@ -110,19 +116,19 @@ def main(argv: list[str] | None = None) -> int:
                 directory = os.path.join(work, str(list(VARIANTS).index(name)))
                 shutil.rmtree(directory, ignore_errors=True)
                 c0 = time.process_time()
-                write(table, directory, write_options(name, table.column_names))
+                write(table, directory, write_options(name))
                 cpu[name]["write"].append((time.process_time() - c0) / n)
                 size[name] = disk_bytes(directory)
                 c0 = time.process_time()
-                got = read(directory)
+                got = read(directory, columns)
                 cpu[name]["read"].append((time.process_time() - c0) / n)
                 assert got.equals(want), f"{name}: read-back bytes differ from the rows"
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    raw = sum(len(v) for c in BYTES_COLUMNS for v in table.column(c).to_pylist()) / n
+    raw = sum(len(v) for c in columns for v in table.column(c).to_pylist()) / n
     result = {"images": n, "size": args.size, "repeats": args.repeats,
               "raw_bytes_per_image": raw,
-              "variants": {name: {"options": write_options(name, table.column_names),
+              "variants": {name: {"options": write_options(name),
                                   "write_cpu_ms": 1000 * statistics.median(c["write"]),
                                   "read_cpu_ms": 1000 * statistics.median(c["read"]),
                                   "bytes_per_image": size[name] / n}

@@ -21,17 +21,17 @@ def shrink(image: np.ndarray, factor: int, interpolation: int, *,
     multiple of it first (``edges="repeat"``: no pixel is lost, for pictures), or their last
     ``shape % factor`` rows and columns left out (``edges="trim"``: every output pixel is a
     whole block, for the thumbnail a breast is found on)."""
+    if edges not in ("repeat", "trim"):
+        raise ValueError(f"edges={edges!r}: choose 'repeat' or 'trim'")
     if factor == 1:
         return image
     h, w = image.shape[:2]
     if edges == "trim":
         h, w = h - h % factor, w - w % factor
         image = image[:h, :w]
-    elif edges == "repeat":
+    else:
         pad_h, pad_w = -h % factor, -w % factor
         if pad_h or pad_w:
             image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_REPLICATE)
             h, w = h + pad_h, w + pad_w
-    else:
-        raise ValueError(f"edges={edges!r}: choose 'repeat' or 'trim'")
     return cv2.resize(image, (w // factor, h // factor), interpolation=interpolation)

@@ -105,3 +105,5 @@ def test_shrink_can_trim_the_edges_instead_and_names_what_is_allowed():
                                   [[(0 + 8 + 40 + 48) / 4]])
     with pytest.raises(ValueError, match="edges='wrap': choose 'repeat' or 'trim'"):
         shrink(odd, 2, cv2.INTER_AREA, edges="wrap")
+    with pytest.raises(ValueError, match="edges='wrap'"):  # whatever the factor
+        shrink(odd, 1, cv2.INTER_AREA, edges="wrap")
