@@ -5,7 +5,7 @@ import pytest
 from pydicom import uid
 
 from mammoray.synthetic import dicom_write
-from preprocessing.dicom_io import RejectedImage, read_dicom
+from preprocessing.dicom_io import RejectedImage, _check_image, _decode_encapsulated, _parse, _stored_pixels, read_dicom
 
 pytestmark = pytest.mark.unit
 
@@ -61,6 +61,46 @@ def test_lossy_transfer_syntaxes_decode_close(syntax, bits, tolerance):
     img = read_dicom(data)
     err = np.abs(img.pixels.astype(int) - stretch(stored).astype(int))
     assert err.max() <= tolerance
+
+
+COMPRESSED = ["rle", "jpeg-lossless", "jpeg-lossless-sv1", "jpeg-ls", "jpeg2000-lossless",
+              "jpeg-baseline", "jpeg-ls-near", "jpeg2000"]
+
+
+@pytest.mark.parametrize("syntax", COMPRESSED)
+def test_compressed_files_decode_in_one_pass_to_the_full_paths_values(syntax):
+    # The one-pass path (header, then the fragments straight from the bytes) must give the
+    # stored values of the full parse exactly, and the header facts the LUTs read.
+    stored = ramp(bits=8).astype(np.uint8) if syntax == "jpeg-baseline" else ramp()
+    ds = dicom_write.image_dataset(stored, bits_stored=8 if syntax == "jpeg-baseline" else 12,
+                                   attributes={"ImageLaterality": "R", "WindowCenter": 2000,
+                                               "WindowWidth": 3000})
+    data = dicom_write.encode(ds, syntax)
+    fast = _decode_encapsulated(data)
+    assert fast is not None
+    header, values = fast
+    full = _parse(data)
+    _check_image(full)
+    np.testing.assert_array_equal(values, _stored_pixels(full, data))
+    assert "PixelData" not in header  # the compressed bytes were never read into the header
+    assert (header.ImageLaterality, header.WindowCenter, header.WindowWidth) == ("R", 2000, 3000)
+
+
+@pytest.mark.parametrize("case", ["native", "truncated", "12-bit jpeg-extended", "multi-frame"])
+def test_one_pass_path_leaves_everything_else_to_the_full_path(case):
+    # None sends the file down the full path, which decodes it or names the problem as before.
+    ds = dicom_write.image_dataset(ramp(), bits_stored=12)
+    if case == "native":
+        data = dicom_write.encode(ds, "explicit-le")
+    elif case == "truncated":
+        data = dicom_write.encode(ds, "rle")[:-300]
+    elif case == "12-bit jpeg-extended":  # pydicom's plugins refuse it; GDCM decodes it
+        data = dicom_write.encode(ds, "jpeg-extended")
+    else:
+        ds.NumberOfFrames = 2
+        ds.PixelData = np.stack([ramp(), ramp()]).tobytes()
+        data = dicom_write.encode(ds, "rle")
+    assert _decode_encapsulated(data) is None
 
 
 def test_monochrome1_is_inverted():
