@@ -15,7 +15,9 @@ Lossless, 1-bit PNG masks; the data of ``benchmarks/preprocess.py``, cached in
 - (c) ``jobs.preprocess``'s pipeline on a local Ray with 2 CPUs for each variant: wall time
   per image in steady state ((large - images) / (t_large - t_images) on a warm Ray) and CPU
   time per image (user + system of every process of the local Ray, over the same
-  difference), with the peak worker memory (USS) of the large run.
+  difference), each against the naive loop timed on 4 images right before and after that
+  pair (the machine's speed drifts over minutes); ``--ray-repeats`` pairs, medians of the
+  ratios; the peak worker memory (USS) of one more large run.
 
 The images are processed alternately (a, n, b) image by image so that the machine's noise hits
 all alike; CPU time is ``time.process_time`` (a, n, b) and the Ray processes' CPU times (c).
@@ -165,12 +167,19 @@ def differences(outputs: dict[str, list]) -> dict:
 
 
 def bench_ray(small: str, large: str, n_small: int, n_large: int, warm: str, work: str,
-              size: int) -> dict:
+              size: int, naive_recs: list[dict], repeats: int) -> dict:
+    """(c) for each variant, ``repeats`` times: the steady-state difference of the small and
+    the large run, each beside a fresh timing of the naive loop on ``naive_recs`` (the
+    machine's speed drifts over minutes, so each ratio compares figures of the same minute);
+    medians of the ratios. Peak worker memory from one more large run per variant."""
+    import cv2
     from preprocess import WorkerMemory
 
     from mammoray.core.config import RayConfig, config_from_dict
     from mammoray.core.ray_session import ray_session
     from preprocessing.pipeline import run_preprocess
+
+    threads = cv2.getNumThreads()
 
     def run(root: str, name: str, over: dict) -> tuple[float, float]:
         cfg = config_from_dict({"data": {"input": root, "output": os.path.join(work, name),
@@ -181,16 +190,34 @@ def bench_ray(small: str, large: str, n_small: int, n_large: int, warm: str, wor
         assert summary["counts"]["rejected"] == 0, summary["rejected_reasons"]
         return wall, cpu
 
+    def naive() -> tuple[float, float]:
+        cv2.setNumThreads(threads)
+        c0, t0 = time.process_time(), time.perf_counter()
+        for rec in naive_recs:
+            naive_record(rec, size)
+        n = len(naive_recs)
+        return 1000 * (time.perf_counter() - t0) / n, 1000 * (time.process_time() - c0) / n
+
     out = {}
     with ray_session(RayConfig(num_cpus=2)):
         for name, over in variants().items():
             run(warm, f"warm_{name}", over)
-            (ws, cs), (wl, cl) = run(small, f"s_{name}", over), run(large, f"l_{name}", over)
+            reps = []
+            for _ in range(repeats):
+                nw1, nc1 = naive()
+                (ws, cs), (wl, cl) = run(small, f"s_{name}", over), run(large, f"l_{name}", over)
+                nw2, nc2 = naive()
+                n = n_large - n_small
+                wall, cpu = 1000 * (wl - ws) / n, 1000 * (cl - cs) / n
+                naive_wall, naive_cpu = (nw1 + nw2) / 2, (nc1 + nc2) / 2
+                reps.append({"wall_ms": wall, "cpu_ms": cpu, "naive_wall_ms": naive_wall,
+                             "naive_cpu_ms": naive_cpu, "wall_vs_naive": wall / naive_wall,
+                             "cpu_vs_naive": cpu / naive_cpu})
             with WorkerMemory() as mem:
                 run(large, f"m_{name}", over)
-            n = n_large - n_small
-            out[name] = {"wall_ms": 1000 * (wl - ws) / n, "cpu_ms": 1000 * (cl - cs) / n,
-                         "wall_large_s": wl, "peak_worker_uss_gib": mem.peak_uss / (1 << 30)}
+            out[name] = {**{k: statistics.median(r[k] for r in reps) for k in reps[0]},
+                         "repeats": reps, "wall_large_s": wl,
+                         "peak_worker_uss_gib": mem.peak_uss / (1 << 30)}
     return out
 
 
@@ -200,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=16)
     p.add_argument("--large", type=int, default=48)
     p.add_argument("--size", type=int, default=1024)
+    p.add_argument("--ray-repeats", type=int, default=3,
+                   help="(c) small/large pairs per variant, each beside a naive timing")
     p.add_argument("--data", default=os.path.join(REPO, "benchmarks", "data"))
     p.add_argument("--json", default=os.path.join(REPO, "benchmarks", "results",
                                                   "preprocess_cpu.json"))
@@ -217,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     single = bench_single(recs, args.size)
     work = os.path.join(args.data, "out_cpu")
     os.makedirs(work, exist_ok=True)
-    ray = bench_ray(small, large, args.images, args.large, subset(full, 2), work, args.size)
+    ray = bench_ray(small, large, args.images, args.large, subset(full, 2), work, args.size,
+                    recs[:4], args.ray_repeats)
     result = {"repo": REPO, "images": args.images, "large": args.large, "size": args.size,
               "single": single, "ray_2cpus": ray}
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
@@ -236,9 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in variants():
         line(f"(b) process_record, 1 core, {name}", cpu[name], wall[name])
         r = ray[name]
-        line(f"(c) Ray 2 CPUs, {name}", r["cpu_ms"], r["wall_ms"],
-             f"  {r['wall_ms'] / (wall['decode'] / 2):.2f}x the 2-CPU decode floor; peak "
-             f"worker USS {r['peak_worker_uss_gib']:.2f} GiB")
+        floor = r["wall_ms"] / (wall["decode"] / 2)
+        print(f"{'(c) Ray 2 CPUs, ' + name:44} {r['cpu_ms']:7.0f} {r['cpu_vs_naive']:7.2f} "
+              f"{r['wall_ms']:8.0f} {r['wall_vs_naive']:7.2f}  {floor:.2f}x the 2-CPU decode "
+              f"floor; peak worker USS {r['peak_worker_uss_gib']:.2f} GiB")
+        print("    (c) per repeat, CPU / wall against the naive loop timed beside it: " + ", ".join(
+            f"{x['cpu_vs_naive']:.2f} / {x['wall_vs_naive']:.2f}" for x in r["repeats"]))
         print(f"    stages (b), ms: " + ", ".join(f"{k} {v}" for k, v in
                                                  single["stage_ms"][name].items()))
     for name, d in single["difference"].items():
