@@ -243,7 +243,7 @@ def _decode_encapsulated(data: bytes) -> tuple[pydicom.Dataset, np.ndarray] | No
     """The common compressed file in one pass over its pixel data: the header without the
     pixel data, then pydicom's decoder reading the fragments straight from the bytes. Reading
     the whole data set first copies the compressed pixel data twice more (the element, then
-    its fragments): about a fifth of an RLE film's decode (``benchmarks/preprocess_cpu.py``).
+    its fragments): memory at the decode's peak, and CPU (docs/decisions.md).
     None for anything else (uncompressed, no preamble, any header or decoding problem): the
     full path then decodes it or gives the reason, exactly as before."""
     try:

@@ -17,7 +17,6 @@ from typing import Any
 import cv2
 import numpy as np
 import pydicom
-from PIL import Image
 
 from mammoray.core import storage
 from preprocessing.dicom_io import RejectedImage
@@ -27,25 +26,9 @@ Shape = tuple[int, int]
 MaskResult = tuple[np.ndarray, int]
 
 
-def _decode_bilevel(data: bytes) -> np.ndarray | None:
-    """A 1-bit image through Pillow, None for any other file (or any error): Pillow expands
-    the bits in about 60% of OpenCV's CPU for the same array (``benchmarks/RESULTS.md``,
-    2026-12-03). OpenCV stays the decoder of everything else: it is the faster one for 8 and
-    16 bits."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.mode != "1":
-                return None
-            return np.asarray(im.convert("L"))  # 0 or 255
-    except Exception:  # noqa: BLE001 - OpenCV below reads it or names the problem
-        return None
-
-
 def decode_png_mask(data: bytes, shape: Shape) -> np.ndarray:
     """A mask image file (PNG, any depth) -> (H, W) uint8 0/1; non-zero = mass."""
-    raw = _decode_bilevel(data)
-    if raw is None:
-        raw = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    raw = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if raw is None:
         raise RejectedImage("mask file is not a readable image")
     if raw.ndim == 3:
