@@ -5,7 +5,14 @@ import pytest
 from pydicom import uid
 
 from mammoray.synthetic import dicom_write
-from preprocessing.dicom_io import RejectedImage, _check_image, _decode_encapsulated, _parse, _stored_pixels, read_dicom
+from preprocessing.dicom_io import (
+    RejectedImage,
+    _check_image,
+    _decode_encapsulated,
+    _parse,
+    _stored_pixels,
+    read_dicom,
+)
 
 pytestmark = pytest.mark.unit
 
