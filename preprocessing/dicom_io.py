@@ -90,11 +90,10 @@ def _check_image(ds: pydicom.Dataset) -> None:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise RejectedImage("float pixel data is not a mammogram")
         raise RejectedImage(f"no pixel data ({_sop_class_name(ds)})")
-    _check_header(ds)
+    rows, cols = _check_header(ds)
     meta = getattr(ds, "file_meta", None)
     ts = meta.get("TransferSyntaxUID") if meta is not None else None
     if ts is None or not ts.is_compressed:
-        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
         bits = int(ds.get("BitsAllocated", 16))
         expected = rows * cols * bits // 8
         have = len(ds.PixelData)
@@ -102,8 +101,9 @@ def _check_image(ds: pydicom.Dataset) -> None:
             raise RejectedImage(f"truncated pixel data ({have} of {expected} bytes)")
 
 
-def _check_header(ds: pydicom.Dataset) -> None:
-    """The checks that need no pixel data: one 2-D grayscale frame of at least 16 x 16."""
+def _check_header(ds: pydicom.Dataset) -> tuple[int, int]:
+    """The checks that need no pixel data: one 2-D grayscale frame of at least 16 x 16.
+    Returns (rows, columns)."""
     spp = int(ds.get("SamplesPerPixel", 1))
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if spp != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
@@ -115,6 +115,7 @@ def _check_header(ds: pydicom.Dataset) -> None:
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if rows < 16 or cols < 16:
         raise RejectedImage(f"image too small ({rows} x {cols} pixels)")
+    return rows, cols
 
 
 def _decode_with_gdcm(data: bytes) -> np.ndarray:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mammoray.synthetic.common import write_mask_png
 from preprocessing.dicom_io import RejectedImage
 from preprocessing.masks import decode_png_mask
 
@@ -22,32 +23,28 @@ def truth(h=37, w=53):
     return mask
 
 
-def png_with_pillow(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def encodings(mask):
-    yield "1-bit", png_with_pillow(Image.fromarray(mask.astype(bool)).convert("1"))
+def encodings(mask, tmp_path):
+    one_bit = tmp_path / "mask.png"
+    write_mask_png(str(one_bit), mask)  # what the generator writes beside its DICOMs
+    yield "1-bit", one_bit.read_bytes()
     yield "8-bit 0/200", cv2.imencode(".png", mask * 200)[1].tobytes()
     yield "16-bit 0/1", cv2.imencode(".png", mask.astype(np.uint16))[1].tobytes()
     yield "RGB red", cv2.imencode(".png", np.dstack([0 * mask, 0 * mask, 255 * mask]))[1].tobytes()
 
 
-def test_every_depth_gives_the_same_0_1_mask():
+def test_every_depth_gives_the_same_0_1_mask(tmp_path):
     mask = truth()
-    one_bit = next(encodings(mask))[1]
+    one_bit = next(encodings(mask, tmp_path))[1]
     assert Image.open(io.BytesIO(one_bit)).mode == "1"  # really one bit per pixel
-    for name, data in encodings(mask):
+    for name, data in encodings(mask, tmp_path):
         out = decode_png_mask(data, mask.shape)
         assert out.dtype == np.uint8, name
         np.testing.assert_array_equal(out, mask, err_msg=name)
 
 
-def test_bad_mask_files_are_named():
+def test_bad_mask_files_are_named(tmp_path):
     mask = truth()
-    one_bit = png_with_pillow(Image.fromarray(mask.astype(bool)).convert("1"))
+    one_bit = next(encodings(mask, tmp_path))[1]
     with pytest.raises(RejectedImage, match="mask size 37 x 53 does not match the image size "
                                             "40 x 53"):
         decode_png_mask(one_bit, (40, 53))
