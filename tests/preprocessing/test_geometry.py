@@ -286,10 +286,12 @@ def _through(truth: np.ndarray, g: geometry.Geometry) -> np.ndarray:
     return cv2.resize(part, (g.size, g.size), interpolation=interp)
 
 
-def test_only_the_breast_reaches_the_model():
+@pytest.mark.parametrize("clahe_at", ["crop", "output"])
+def test_only_the_breast_reaches_the_model(clahe_at):
     """data.breast_only (the default): on 40 scanned films no output pixel that covers any
     label or marker pixel is non-zero, and every output pixel that is mostly breast (coverage
-    >= 0.5) is kept. The seed study's setting (off) keeps the labels in the image."""
+    >= 0.5) is kept, with CLAHE at either place (``output`` masks at the output size). The
+    seed study's setting (off) keeps the labels in the image."""
     from mammoray.synthetic.images import synthesize_scanned
 
     label_pixels = kept_with_study = 0
@@ -297,7 +299,7 @@ def test_only_the_breast_reaches_the_model():
         rng = np.random.default_rng([202, i])
         img = synthesize_scanned(rng, 512, 416, lat, view, n_masses=1)
         dicom = _dicom(_mono2(img))
-        out = preprocess_image(dicom, img.mask, DataConfig(size=256))
+        out = preprocess_image(dicom, img.mask, DataConfig(size=256, clahe_at=clahe_at))
         assert out.geometry.flipped == (lat == "R")
         labels = _through(img.labels, out.geometry) > 0
         label_pixels += int(labels.sum())
@@ -383,3 +385,27 @@ def test_clahe_at_output_is_clahe_of_the_resized_crop(pad):
     if pad:
         assert (hh, ww) != (128, 128) and not out.image[hh:, :].any() | out.image[:, ww:].any()
     assert not np.array_equal(out.image, resized)  # CLAHE did change it
+
+
+def test_breast_mask_at_size_equals_resizing_the_full_mask():
+    """The output-size breast mask read off the thumbnail equals the nearest-neighbour resize
+    of the full-resolution mask, on random thumbnails, factors, boxes, margins and sizes,
+    padded or not, and when no breast was found (all kept but the padding)."""
+    rng = np.random.default_rng(11)
+    for i in range(200):
+        th, tw = (int(v) for v in rng.integers(5, 120, 2))
+        k = int(rng.integers(1, 9))
+        h, w = th * k + int(rng.integers(0, k)), tw * k + int(rng.integers(0, k))
+        thumb = (rng.random((th, tw)) < 0.5).astype(np.uint8)
+        if i % 7 == 0:
+            thumb[:] = 0
+        x0, y0 = int(rng.integers(0, w - 2)), int(rng.integers(0, h - 2))
+        box = (x0, y0, int(rng.integers(x0 + 1, w + 1)), int(rng.integers(y0 + 1, h + 1)))
+        region = geometry.BreastRegion(box, thumb, k)
+        margin, size = int(rng.integers(0, 3 * k)), int(rng.integers(4, 300))
+        pad = bool(rng.integers(0, 2))
+        want = geometry.resize_square(geometry.breast_mask_in_box(region, margin), size,
+                                      pad_to_square=pad, mask="nearest")
+        got = geometry.breast_mask_at_size(region, margin, size, pad_to_square=pad)
+        assert got.dtype == np.uint8 and got.shape == (size, size)
+        np.testing.assert_array_equal(got, want, err_msg=f"case {i}")
