@@ -167,7 +167,8 @@ def differences(outputs: dict[str, list]) -> dict:
 
 
 def bench_ray(small: str, large: str, n_small: int, n_large: int, warm: str, work: str,
-              size: int, naive_recs: list[dict], repeats: int) -> dict:
+              size: int, naive_recs: list[dict], repeats: int,
+              only: list[str] | None = None) -> dict:
     """(c) for each variant, ``repeats`` times: the steady-state difference of the small and
     the large run, each beside a fresh timing of the naive loop on ``naive_recs`` (the
     machine's speed drifts over minutes, so each ratio compares figures of the same minute);
@@ -201,6 +202,8 @@ def bench_ray(small: str, large: str, n_small: int, n_large: int, warm: str, wor
     out = {}
     with ray_session(RayConfig(num_cpus=2)):
         for name, over in variants().items():
+            if only and name not in only:
+                continue
             run(warm, f"warm_{name}", over)
             reps = []
             for _ in range(repeats):
@@ -229,10 +232,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--ray-repeats", type=int, default=3,
                    help="(c) small/large pairs per variant, each beside a naive timing")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME",
+                   help="(c) only for these variants (default: all; (a), (n), (b) run for all)")
     p.add_argument("--data", default=os.path.join(REPO, "benchmarks", "data"))
     p.add_argument("--json", default=os.path.join(REPO, "benchmarks", "results",
                                                   "preprocess_cpu.json"))
     args = p.parse_args(argv)
+    unknown = [v for v in args.variant if v not in variants()]
+    if unknown:
+        p.error(f"--variant {unknown[0]}: choose from {', '.join(variants())}")
     from mammoray.core.ray_session import WORKER_ENV
 
     if any(os.environ.get(k) != v for k, v in WORKER_ENV.items()):
@@ -247,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     work = os.path.join(args.data, "out_cpu")
     os.makedirs(work, exist_ok=True)
     ray = bench_ray(small, large, args.images, args.large, subset(full, 2), work, args.size,
-                    recs[:4], args.ray_repeats)
+                    recs[:4], args.ray_repeats, args.variant)
     result = {"repo": REPO, "images": args.images, "large": args.large, "size": args.size,
               "single": single, "ray_2cpus": ray}
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
@@ -265,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     line("(n) naive loop (seed study)", cpu["naive"], wall["naive"])
     for name in variants():
         line(f"(b) process_record, 1 core, {name}", cpu[name], wall[name])
+        print("    stages (b), ms: " + ", ".join(f"{k} {v}" for k, v in
+                                                single["stage_ms"][name].items()))
+        if name not in ray:
+            continue
         r = ray[name]
         floor = r["wall_ms"] / (wall["decode"] / 2)
         print(f"{'(c) Ray 2 CPUs, ' + name:44} {r['cpu_ms']:7.0f} {r['cpu_vs_naive']:7.2f} "
@@ -272,8 +284,6 @@ def main(argv: list[str] | None = None) -> int:
               f"floor; peak worker USS {r['peak_worker_uss_gib']:.2f} GiB")
         print("    (c) per repeat, CPU / wall against the naive loop timed beside it: " + ", ".join(
             f"{x['cpu_vs_naive']:.2f} / {x['wall_vs_naive']:.2f}" for x in r["repeats"]))
-        print(f"    stages (b), ms: " + ", ".join(f"{k} {v}" for k, v in
-                                                 single["stage_ms"][name].items()))
     for name, d in single["difference"].items():
         print(f"{name} against default: max |diff| {d['max_abs']} of 65535, mean "
               f"{d['mean_abs']:.1f}, lowest mask IoU {d['min_mask_iou']:.4f}")

@@ -279,7 +279,7 @@ def breast_mask_at_size(region: BreastRegion, margin: int, size: int, *,
         th, tw = mask.shape
         trows = np.minimum((y0 + np.minimum(rows, h - 1)) // k, th - 1)
         tcols = np.minimum((x0 + np.minimum(cols, w - 1)) // k, tw - 1)
-        out = mask[np.ix_(trows, tcols)]
+        out = mask[trows][:, tcols]  # two gathers: much cheaper than np.ix_
     if pad_to_square:  # the padding of a square crop is not breast
         out[rows >= h] = 0
         out[:, cols >= w] = 0
