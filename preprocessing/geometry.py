@@ -250,51 +250,6 @@ def breast_mask_in_box(region: BreastRegion, margin: int) -> np.ndarray:
     return np.ascontiguousarray(up[y0 - ty0 * k:y1 - ty0 * k, x0 - tx0 * k:x1 - tx0 * k])
 
 
-def breast_mask_at_size(region: BreastRegion, margin: int, size: int, *,
-                        pad_to_square: bool) -> np.ndarray:
-    """``resize_square(breast_mask_in_box(region, margin), size, mask="nearest")`` without the
-    full-resolution mask: (size, size) uint8 0/1, read straight off the thumbnail.
-
-    OpenCV's nearest-neighbour resize takes each output row from one input row and each output
-    column from one input column, chosen per axis; those choices are read from OpenCV itself
-    (an index row and column resized the same way), and full-resolution pixel (y, x) is
-    thumbnail pixel (y // factor, x // factor), the last row or column beyond the thumbnail.
-    So the result is equal, for a fraction of the cost (a full-field mask is 12 MB to write
-    and read; this reads 1 M thumbnail pixels).
-    """
-    x0, y0, x1, y1 = region.box
-    h, w = y1 - y0, x1 - x0
-    side_h, side_w = (max(h, w),) * 2 if pad_to_square else (h, w)
-    rows = _nearest_indices(side_h, size)
-    cols = _nearest_indices(side_w, size)
-    if not region.mask.any():
-        out = np.ones((size, size), np.uint8)
-    else:
-        mask = region.mask
-        k = region.factor
-        grow = int(np.ceil(margin / k))
-        if grow > 0:
-            mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
-                                                              (2 * grow + 1, 2 * grow + 1)))
-        th, tw = mask.shape
-        trows = np.minimum((y0 + np.minimum(rows, h - 1)) // k, th - 1)
-        tcols = np.minimum((x0 + np.minimum(cols, w - 1)) // k, tw - 1)
-        out = mask[trows][:, tcols]  # two gathers: much cheaper than np.ix_
-    if pad_to_square:  # the padding of a square crop is not breast
-        out[rows >= h] = 0
-        out[:, cols >= w] = 0
-    return np.ascontiguousarray(out)
-
-
-def _nearest_indices(n: int, size: int) -> np.ndarray:
-    """The input index OpenCV's INTER_NEAREST resize of ``n`` samples to ``size`` takes for
-    each output sample (``floor(i * n / size)`` as OpenCV rounds it)."""
-    if n == size:
-        return np.arange(n)
-    index = np.arange(n, dtype=np.int32).reshape(1, n)
-    return cv2.resize(index, (size, 1), interpolation=cv2.INTER_NEAREST)[0].astype(np.int64)
-
-
 def box_to_original(box: Box, width: int, flipped: bool) -> Box:
     """Map a box between oriented and original coordinates (the mapping is its own inverse)."""
     x0, y0, x1, y1 = box

@@ -90,10 +90,10 @@ def preprocess_image(dicom: DicomImage, mask: np.ndarray | None, cfg: DataConfig
             region = geometry.BreastRegion(box, region.mask, region.factor)
         x0, y0, x1, y1 = box
         crop = pixels[y0:y1, x0:x1]
-        margin = breast_margin(cfg, h, w)
-        if cfg.breast_only and cfg.clahe_at == "crop":
+        keep = None
+        if cfg.breast_only:
             # Labels, markers, film edges and tape never reach CLAHE or the model.
-            keep = geometry.breast_mask_in_box(region, margin=margin)
+            keep = geometry.breast_mask_in_box(region, margin=breast_margin(cfg, h, w))
             crop = cv2.bitwise_and(crop, crop, mask=keep)  # a new array: pixels stay intact
     if cfg.clahe_at == "crop":
         with timer("clahe"):
@@ -101,15 +101,6 @@ def preprocess_image(dicom: DicomImage, mask: np.ndarray | None, cfg: DataConfig
     with timer("resize"):
         image = geometry.resize_square(crop, cfg.size, pad_to_square=cfg.pad_to_square,
                                        mask=False)
-        breast = None
-        if cfg.breast_only:
-            # The kept region is already grown by a margin: nearest neighbour is exact enough.
-            breast = geometry.breast_mask_at_size(region, margin, cfg.size,
-                                                  pad_to_square=cfg.pad_to_square)
-            if cfg.clahe_at == "output":
-                # Masked at the input size, before CLAHE: labels never reach its histograms
-                # (and no full-resolution mask is made; docs/preprocessing.md).
-                image *= breast
     if cfg.clahe_at == "output":
         with timer("clahe"):
             # Only the crop's part of the image: its tiles then cover what they cover at
@@ -118,7 +109,11 @@ def preprocess_image(dicom: DicomImage, mask: np.ndarray | None, cfg: DataConfig
             image[:hh, :ww] = geometry.apply_clahe(np.ascontiguousarray(image[:hh, :ww]),
                                                    cfg.clahe_clip_limit, cfg.clahe_tile_grid)
     with timer("resize"):
-        if breast is not None:
+        breast = None
+        if keep is not None:
+            # The kept region is already grown by a margin: nearest neighbour is exact enough.
+            breast = geometry.resize_square(keep, cfg.size, pad_to_square=cfg.pad_to_square,
+                                            mask="nearest")
             image *= breast  # CLAHE lifts the zeros it was given; outside stays 0
         out_mask = None
         if mask is not None:

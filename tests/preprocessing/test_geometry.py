@@ -387,25 +387,31 @@ def test_clahe_at_output_is_clahe_of_the_resized_crop(pad):
     assert not np.array_equal(out.image, resized)  # CLAHE did change it
 
 
-def test_breast_mask_at_size_equals_resizing_the_full_mask():
-    """The output-size breast mask read off the thumbnail equals the nearest-neighbour resize
-    of the full-resolution mask, on random thumbnails, factors, boxes, margins and sizes,
-    padded or not, and when no breast was found (all kept but the padding)."""
-    rng = np.random.default_rng(11)
-    for i in range(200):
-        th, tw = (int(v) for v in rng.integers(5, 120, 2))
-        k = int(rng.integers(1, 9))
-        h, w = th * k + int(rng.integers(0, k)), tw * k + int(rng.integers(0, k))
-        thumb = (rng.random((th, tw)) < 0.5).astype(np.uint8)
-        if i % 7 == 0:
-            thumb[:] = 0
-        x0, y0 = int(rng.integers(0, w - 2)), int(rng.integers(0, h - 2))
-        box = (x0, y0, int(rng.integers(x0 + 1, w + 1)), int(rng.integers(y0 + 1, h + 1)))
-        region = geometry.BreastRegion(box, thumb, k)
-        margin, size = int(rng.integers(0, 3 * k)), int(rng.integers(4, 300))
-        pad = bool(rng.integers(0, 2))
-        want = geometry.resize_square(geometry.breast_mask_in_box(region, margin), size,
-                                      pad_to_square=pad, mask="nearest")
-        got = geometry.breast_mask_at_size(region, margin, size, pad_to_square=pad)
-        assert got.dtype == np.uint8 and got.shape == (size, size)
-        np.testing.assert_array_equal(got, want, err_msg=f"case {i}")
+
+@pytest.mark.parametrize("clahe_at", ["crop", "output"])
+def test_breast_only_masks_the_full_resolution_crop(clahe_at):
+    """With data.breast_only, the crop is zeroed outside the (grown) breast at full resolution,
+    before CLAHE and the resize, at either CLAHE place: no pixel outside it (background, the
+    film's scanner border next to the breast, labels) is averaged into an output pixel. The
+    image equals those steps done by hand; masking only the resized image instead would let
+    the outside into the output pixels along the breast's edge."""
+    from preprocessing.transform import breast_margin
+
+    img, _ = film_image()
+    cfg = DataConfig(size=128, clahe_at=clahe_at)
+    out = preprocess_image(_dicom(img, "L"), None, cfg)
+    assert not out.geometry.flipped
+    region = geometry.find_breast(img, cfg.crop)
+    x0, y0, x1, y1 = region.box
+    keep = geometry.breast_mask_in_box(region, margin=breast_margin(cfg, H, W))
+    crop = img[y0:y1, x0:x1] * keep
+    assert (crop == 0).any() and (img[y0:y1, x0:x1][keep == 0] > 0).all()  # outside was lit
+    if clahe_at == "crop":
+        want = geometry.resize_square(geometry.apply_clahe(crop, 2.0, 8), 128,
+                                      pad_to_square=False, mask=False)
+    else:
+        want = geometry.apply_clahe(
+            geometry.resize_square(crop, 128, pad_to_square=False, mask=False), 2.0, 8)
+    breast = geometry.resize_square(keep, 128, pad_to_square=False, mask="nearest")
+    np.testing.assert_array_equal(out.breast, breast)
+    np.testing.assert_array_equal(out.image, want * breast)
