@@ -1,6 +1,7 @@
 """Preprocessing CPU per image against the seed study's naive loop (not a test).
 
     .venv/bin/python benchmarks/preprocess_cpu.py [--images 16] [--large 48]
+        [--ray-repeats 3] [--variant clahe_at=output]
 
 One run, side by side, on full-field synthetic scanned-film DICOMs (4000 x 3000, 16-bit RLE
 Lossless, 1-bit PNG masks; the data of ``benchmarks/preprocess.py``, cached in
