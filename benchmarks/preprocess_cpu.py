@@ -12,8 +12,9 @@ Lossless, 1-bit PNG masks; the data of ``benchmarks/preprocess.py``, cached in
   contour, CLAHE on the crop, resize; the mask read and resized alike; no robustness, no
   Parquet (OpenCV's default threads, as a plain script runs it);
 - (b) the platform's per-image function (``process_record``) on one core (OpenCV 1 thread, as
-  a 1-CPU task runs it), per stage, for each variant of :data:`VARIANTS`;
-- (c) ``jobs.preprocess``'s pipeline on a local Ray with 2 CPUs for each variant: wall time
+  a 1-CPU task runs it), per stage, for each variant of :func:`variants`;
+- (c) ``jobs.preprocess``'s pipeline on a local Ray with 2 CPUs for each variant (or only
+  those named by ``--variant``, the slow part when comparing two versions of one): wall time
   per image in steady state ((large - images) / (t_large - t_images) on a warm Ray) and CPU
   time per image (user + system of every process of the local Ray, over the same
   difference), each against the naive loop timed on 4 images right before and after that
