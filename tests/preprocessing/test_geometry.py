@@ -290,8 +290,8 @@ def _through(truth: np.ndarray, g: geometry.Geometry) -> np.ndarray:
 def test_only_the_breast_reaches_the_model(clahe_at):
     """data.breast_only (the default): on 40 scanned films no output pixel that covers any
     label or marker pixel is non-zero, and every output pixel that is mostly breast (coverage
-    >= 0.5) is kept, with CLAHE at either place (``output`` masks at the output size). The
-    seed study's setting (off) keeps the labels in the image."""
+    >= 0.5) is kept, with CLAHE at either place. The seed study's setting (off) keeps the
+    labels in the image."""
     from mammoray.synthetic.images import synthesize_scanned
 
     label_pixels = kept_with_study = 0
@@ -385,7 +385,6 @@ def test_clahe_at_output_is_clahe_of_the_resized_crop(pad):
     if pad:
         assert (hh, ww) != (128, 128) and not out.image[hh:, :].any() | out.image[:, ww:].any()
     assert not np.array_equal(out.image, resized)  # CLAHE did change it
-
 
 
 @pytest.mark.parametrize("clahe_at", ["crop", "output"])
