@@ -386,6 +386,11 @@ class TrainConfig:
     patch_augment: bool = option(True, "patch training: each patch flipped/rotated (the 8 "
                                  "symmetries of the square) and its brightness and contrast "
                                  "changed by up to 10% (albumentations)")
+    image_augment: bool = option(False, "whole-image training: each image flipped/rotated "
+                                 "(the 8 symmetries of the square) and its brightness and "
+                                 "contrast changed by up to 10% on the worker, a new draw every "
+                                 "epoch (free of preprocessing; off reproduces the seed study, "
+                                 "which augmented offline: data.sources[].augment)")
 
     def check(self, prefix: str) -> None:
         if self.patch_size and self.batch_size % self.patches_per_image:

@@ -69,13 +69,25 @@ def draw_patch(image: np.ndarray, mask: np.ndarray, patch: int, foreground_fract
 
 
 def augmenter(seed: int):
-    """The per-patch augmentation: one of the square's 8 symmetries, and brightness and
-    contrast changed by up to 10% (on float32 images in [0, 1], albumentations' range)."""
+    """The on-the-fly augmentation of patches (``train.patch_augment``) and of whole images
+    (``train.image_augment``): one of the square's 8 symmetries, and brightness and contrast
+    changed by up to 10% (on float32 images in [0, 1], albumentations' range)."""
     import albumentations as A
 
     return A.Compose([A.D4(p=1.0),
                       A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1,
                                                  p=0.5)], seed=seed)
+
+
+def augment_batch(transform, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each (S, S, 1) image of the model input ``x`` and its truth ``y`` transformed in place
+    by one draw of ``transform`` (:func:`augmenter`); images clipped to [0, 1]."""
+    side = x.shape[1]
+    for i in range(len(x)):
+        out = transform(image=x[i], mask=y[i])
+        x[i] = np.clip(out["image"], 0.0, 1.0).reshape(side, side, 1)
+        y[i] = out["mask"].reshape(side, side, 1)
+    return x, y
 
 
 class PatchSampler:
@@ -106,8 +118,5 @@ class PatchSampler:
                 k += 1
         xf, yf = to_model_input(x), y[..., None].astype(np.float32)
         if self.augment is not None:
-            for i in range(len(xf)):
-                out = self.augment(image=xf[i], mask=yf[i])
-                xf[i] = np.clip(out["image"], 0.0, 1.0).reshape(p, p, 1)
-                yf[i] = out["mask"].reshape(p, p, 1)
+            augment_batch(self.augment, xf, yf)
         return xf, yf

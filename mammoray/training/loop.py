@@ -146,23 +146,28 @@ def train_one_epoch(replica: Replica, shard, tcfg: TrainConfig, size: int,
     import tensorflow as tf
 
     from mammoray.model.inputs import decode_rows, stored_rows
-    from mammoray.model.patches import PatchSampler
+    from mammoray.model.patches import PatchSampler, augment_batch, augmenter
 
     t0 = time.time()
     total = np.zeros(STEP_WIDTH)
     steps = 0
-    rows_per_step, sampler = tcfg.batch_size, None
+    rows_per_step, sampler, transform = tcfg.batch_size, None, None
+    # Seeded by run, worker and epoch: a resumed epoch draws the same patches and transforms.
+    seed = (tcfg.seed * 1_000_003 + epoch) * 1009 + rank
+    if tcfg.image_augment and not tcfg.patch_size:
+        transform = augmenter(seed)
     if tcfg.patch_size:
         rows_per_step = tcfg.batch_size // tcfg.patches_per_image
-        # Seeded by run, worker and epoch: a resumed epoch draws the same patches.
         sampler = PatchSampler(tcfg.patch_size, tcfg.foreground_fraction,
                                tcfg.patches_per_image, augment=tcfg.patch_augment,
-                               seed=(tcfg.seed * 1_000_003 + epoch) * 1009 + rank)
+                               seed=seed)
     for batch in shard.iter_batches(batch_size=rows_per_step, batch_format="numpy",
                                     drop_last=True, local_shuffle_buffer_size=64,
                                     local_shuffle_seed=tcfg.seed + epoch):
         if sampler is None:
             x, y = decode_rows(batch["image"], batch["mask"], size)
+            if transform is not None:
+                augment_batch(transform, x, y)
         else:
             x, y = sampler(*stored_rows(batch["image"], batch["mask"], size))
         out = replica.strategy.run(replica.train_step, args=(tf.constant(x), tf.constant(y)))

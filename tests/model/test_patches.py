@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mammoray.model.patches import PatchSampler, draw_patch, place_patch
+from mammoray.model.patches import (PatchSampler, augment_batch, augmenter, draw_patch,
+                                    place_patch)
 
 pytestmark = pytest.mark.unit
 
@@ -107,3 +108,31 @@ def test_augmented_patches_keep_image_and_mask_aligned():
         assert y[0, ..., 0].sum() > 0
         assert np.array_equal(bright, y[0, ..., 0] > 0.5)
         assert 0.0 <= x.min() and x.max() <= 1.0
+
+
+def test_whole_images_augmented_by_the_eight_symmetries_with_their_masks():
+    """``train.image_augment``: a whole image and its mask go through the same draw; over 200
+    draws each of the square's 8 symmetries appears, the mask always marks the image's bright
+    pixels, and the same seed gives the same draws."""
+    from mammoray.model.inputs import to_model_input
+
+    image = np.full((16, 16), 2000, np.uint16)
+    image[2:5, 9:14] = 60000   # an asymmetric bright block: each symmetry puts it elsewhere
+    mask = (image == 60000).astype(np.uint8)
+    x0 = to_model_input(image)
+    y0 = mask[None, ..., None].astype(np.float32)
+    symmetries = {np.rot90(m, k).tobytes() for m in (mask, mask.T) for k in range(4)}
+    assert len(symmetries) == 8
+
+    def draws(seed):
+        transform, seen = augmenter(seed), []
+        for _ in range(200):
+            x, y = augment_batch(transform, x0.copy(), y0.copy())
+            assert np.array_equal(x[0, ..., 0] > 0.5, y[0, ..., 0] > 0.5)
+            assert 0.0 <= x.min() and x.max() <= 1.0
+            seen.append(y[0, ..., 0].astype(np.uint8).tobytes())
+        return seen
+
+    seen = draws(5)
+    assert set(seen) == symmetries
+    assert draws(5) == seen and draws(6) != seen

@@ -42,7 +42,8 @@ def trained(data):
     from mammoray.training.trainer import run_training
 
     out = data / "run"
-    summary = run_training(train_cfg(data, out, tensorboard_images_every=2,
+    # image_augment: the whole-image augmentation runs on the Ray Train workers too.
+    summary = run_training(train_cfg(data, out, tensorboard_images_every=2, image_augment=True,
                                      mlflow_tracking_uri=f"file:{data}/mlruns",
                                      mlflow_experiment="unit"), log=lambda _: None)
     return out, summary, history(out)
