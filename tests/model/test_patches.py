@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mammoray.model.patches import (PatchSampler, augment_batch, augmenter, draw_patch,
-                                    place_patch)
+from mammoray.model.patches import PatchSampler, augment_batch, augmenter, draw_patch, place_patch
 
 pytestmark = pytest.mark.unit
 
