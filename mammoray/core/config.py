@@ -393,6 +393,10 @@ class TrainConfig:
                                  "which augmented offline: data.sources[].augment)")
 
     def check(self, prefix: str) -> None:
+        if self.patch_size and self.image_augment:
+            raise ConfigError(f"{prefix}.image_augment: augments whole images, but "
+                              f"{prefix}.patch_size is {self.patch_size} (patch training); "
+                              f"patches are augmented by {prefix}.patch_augment")
         if self.patch_size and self.batch_size % self.patches_per_image:
             raise ConfigError(f"{prefix}.batch_size: {self.batch_size} patches per step is not "
                               f"a multiple of {prefix}.patches_per_image "

@@ -160,3 +160,13 @@ def test_docs_document_every_config_key():
     missing = {page: [k for k in keys if f"`{k}`" not in documented(page)]
                for page, keys in pages.items()}
     assert not any(missing.values()), f"undocumented config keys: {missing}"
+
+
+def test_whole_image_augmentation_with_patches_is_an_error():
+    """train.image_augment augments whole images; with patch_size set it would be ignored, so
+    the config stops, naming both keys."""
+    assert config_from_dict({"train": {"image_augment": True}}).train.image_augment
+    with pytest.raises(ConfigError, match=r"train.image_augment: augments whole images, but "
+                                          r"train.patch_size is 256 \(patch training\); "
+                                          r"patches are augmented by train.patch_augment"):
+        config_from_dict({"train": {"image_augment": True, "patch_size": 256}})
