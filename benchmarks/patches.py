@@ -34,27 +34,19 @@ def input_rate(data: str, cfg, repeats: int = 3) -> float:
     """Training inputs (images or patches) per second of the input pipeline alone."""
     from mammoray.core.dataset import split_dataset
     from mammoray.core.ray_session import ray_session
-    from mammoray.model.inputs import decode_rows, stored_rows
-    from mammoray.model.patches import PatchSampler
+    from mammoray.training.loop import batch_inputs
 
     tcfg, size = cfg.train, cfg.data.size
-    rows = tcfg.batch_size // tcfg.patches_per_image if tcfg.patch_size else tcfg.batch_size
+    rows, inputs = batch_inputs(tcfg, size, epoch=0)
     with ray_session(RayConfig(num_cpus=2)):
         ds = split_dataset(data, "train")
         for _ in ds.iter_batches(batch_size=rows, batch_format="numpy"):
             pass  # warm
-        sampler = (PatchSampler(tcfg.patch_size, tcfg.foreground_fraction,
-                                tcfg.patches_per_image, augment=tcfg.patch_augment, seed=0)
-                   if tcfg.patch_size else None)
         t0, n = time.perf_counter(), 0
         for _ in range(repeats):
             for b in ds.iter_batches(batch_size=rows, batch_format="numpy", drop_last=True,
                                      local_shuffle_buffer_size=64, local_shuffle_seed=0):
-                if sampler is None:
-                    x, _ = decode_rows(b["image"], b["mask"], size)
-                else:
-                    x, _ = sampler(*stored_rows(b["image"], b["mask"], size))
-                n += len(x)
+                n += len(inputs(b)[0])
         return n / (time.perf_counter() - t0)
 
 

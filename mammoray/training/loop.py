@@ -29,6 +29,7 @@ import math
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,37 +140,44 @@ def restore(replica: Replica) -> list[dict[str, Any]]:
             return ckpt.load_state(folder, replica.model, replica.optimizer)
 
 
+def batch_inputs(tcfg: TrainConfig, size: int, epoch: int,
+                 rank: int = 0) -> tuple[int, Callable[[dict], tuple[np.ndarray, np.ndarray]]]:
+    """(rows per step, a function from a batch of rows to the step's model input and truth)
+    for one worker's epoch: whole images, augmented with ``train.image_augment``, or patches
+    drawn by :class:`~mammoray.model.patches.PatchSampler`. Seeded by run, worker and epoch:
+    a resumed epoch draws the same patches and transforms."""
+    from mammoray.model.inputs import decode_rows, stored_rows
+    from mammoray.model.patches import PatchSampler, augment_batch, augmenter
+
+    seed = (tcfg.seed * 1_000_003 + epoch) * 1009 + rank
+    if tcfg.patch_size:
+        sampler = PatchSampler(tcfg.patch_size, tcfg.foreground_fraction,
+                               tcfg.patches_per_image, augment=tcfg.patch_augment, seed=seed)
+        return (tcfg.batch_size // tcfg.patches_per_image,
+                lambda batch: sampler(*stored_rows(batch["image"], batch["mask"], size)))
+    transform = augmenter(seed) if tcfg.image_augment else None
+
+    def whole(batch: dict) -> tuple[np.ndarray, np.ndarray]:
+        x, y = decode_rows(batch["image"], batch["mask"], size)
+        return (x, y) if transform is None else augment_batch(transform, x, y)
+
+    return tcfg.batch_size, whole
+
+
 def train_one_epoch(replica: Replica, shard, tcfg: TrainConfig, size: int,
                     epoch: int, rank: int = 0) -> tuple[float, MetricSums, float]:
     """One pass over this worker's shard; returns (mean loss, metric sums, seconds), both
     all-reduced over the workers. Patch training: the sums are those of the patches."""
     import tensorflow as tf
 
-    from mammoray.model.inputs import decode_rows, stored_rows
-    from mammoray.model.patches import PatchSampler, augment_batch, augmenter
-
     t0 = time.time()
     total = np.zeros(STEP_WIDTH)
     steps = 0
-    rows_per_step, sampler, transform = tcfg.batch_size, None, None
-    # Seeded by run, worker and epoch: a resumed epoch draws the same patches and transforms.
-    seed = (tcfg.seed * 1_000_003 + epoch) * 1009 + rank
-    if tcfg.image_augment and not tcfg.patch_size:
-        transform = augmenter(seed)
-    if tcfg.patch_size:
-        rows_per_step = tcfg.batch_size // tcfg.patches_per_image
-        sampler = PatchSampler(tcfg.patch_size, tcfg.foreground_fraction,
-                               tcfg.patches_per_image, augment=tcfg.patch_augment,
-                               seed=seed)
+    rows_per_step, inputs = batch_inputs(tcfg, size, epoch, rank)
     for batch in shard.iter_batches(batch_size=rows_per_step, batch_format="numpy",
                                     drop_last=True, local_shuffle_buffer_size=64,
                                     local_shuffle_seed=tcfg.seed + epoch):
-        if sampler is None:
-            x, y = decode_rows(batch["image"], batch["mask"], size)
-            if transform is not None:
-                augment_batch(transform, x, y)
-        else:
-            x, y = sampler(*stored_rows(batch["image"], batch["mask"], size))
+        x, y = inputs(batch)
         out = replica.strategy.run(replica.train_step, args=(tf.constant(x), tf.constant(y)))
         total += replica.strategy.experimental_local_results(out)[0].numpy()
         steps += 1

@@ -1,10 +1,11 @@
-"""The training loop's parts on one process: the learning-rate schedule, checkpoint choice, and
-sharded validation on a real (tiny) replica."""
+"""The training loop's parts on one process: the learning-rate schedule, checkpoint choice,
+each step's inputs, and sharded validation on a real (tiny) replica."""
 
+import numpy as np
 import pytest
 
 from mammoray.core.config import ConfigError, config_from_dict
-from mammoray.training.loop import learning_rate_at
+from mammoray.training.loop import batch_inputs, learning_rate_at
 
 pytestmark = pytest.mark.unit
 
@@ -84,3 +85,30 @@ def test_validation_pictures_come_from_the_split_even_when_no_image_is_this_work
     # Rank 1 scores all three and keeps no pictures when none are asked for.
     _, sums1, none = validate_one_epoch(replica, _Batches(rows), cfg.train, size, rank=1, world=2)
     assert sums1.images == 3 and none is None
+
+
+def test_the_epochs_whole_images_are_augmented_only_with_image_augment():
+    """batch_inputs, what each training step takes: with train.image_augment off, exactly the
+    stored images; on, the same images turned or flipped with their masks (some draw of 8
+    moves the asymmetric mass), the draws repeated for the same epoch and rank (a resumed
+    epoch) and different for another epoch."""
+    from mammoray.model.inputs import decode_rows
+
+    image = np.full((16, 16), 2000, np.uint16)
+    image[2:5, 9:14] = 60000
+    mask = (image == 60000).astype(np.uint8)
+    batch = {"image": np.array([image.tobytes()] * 8, object),
+             "mask": np.array([mask.tobytes()] * 8, object)}
+    stored_x, stored_y = decode_rows(batch["image"], batch["mask"], 16)
+
+    rows, plain = batch_inputs(config_from_dict({"train": {"batch_size": 8}}).train, 16, 0)
+    x, y = plain(batch)
+    assert rows == 8 and np.array_equal(x, stored_x) and np.array_equal(y, stored_y)
+
+    tcfg = config_from_dict({"train": {"batch_size": 8, "image_augment": True}}).train
+    x, y = batch_inputs(tcfg, 16, epoch=3, rank=1)[1](batch)
+    assert np.array_equal(x[..., 0] > 0.5, y[..., 0] > 0.5)
+    assert any(not np.array_equal(y[i], stored_y[i]) for i in range(8))
+    again, _ = batch_inputs(tcfg, 16, epoch=3, rank=1)[1](batch)
+    other, _ = batch_inputs(tcfg, 16, epoch=4, rank=1)[1](batch)
+    assert np.array_equal(again, x) and not np.array_equal(other, x)
