@@ -10,15 +10,18 @@ Lossless, 1-bit PNG masks; the data of ``benchmarks/preprocess.py``, cached in
 - (a) decode only (read + pydicom/pylibjpeg-rle), one process;
 - (n) the seed study's naive pipeline, one process: decode, Gaussian blur + Otsu + largest
   contour, CLAHE on the crop, resize; the mask read and resized alike; no robustness, no
-  Parquet (OpenCV's default threads, as a plain script runs it);
+  Parquet (OpenCV's default threads, as a plain script runs it: on 2 cores its CLAHE and
+  resize use both, so its wall time is below its CPU time);
+- (n1) the same loop with OpenCV held to one thread: the one-CPU baseline, which a 2-CPU
+  pipeline's speed-up is measured against;
 - (b) the platform's per-image function (``process_record``) on one core (OpenCV 1 thread, as
   a 1-CPU task runs it), per stage, for each variant of :func:`variants`;
 - (c) ``jobs.preprocess``'s pipeline on a local Ray with 2 CPUs for each variant (or only
   those named by ``--variant``, the slow part when comparing two versions of one): wall time
   per image in steady state ((large - images) / (t_large - t_images) on a warm Ray) and CPU
   time per image (user + system of every process of the local Ray, over the same
-  difference), each against the naive loop timed on 4 images right before and after that
-  pair (the machine's speed drifts over minutes); ``--ray-repeats`` pairs, medians of the
+  difference), each against the naive loop (n) and (n1) timed on 4 images right before and
+  after that pair (the machine's speed drifts over minutes); ``--ray-repeats`` pairs, medians of the
   ratios; the peak worker memory (USS) of one more large run.
 
 The images are processed alternately (a, n, b) image by image so that the machine's noise hits
@@ -116,7 +119,8 @@ def bench_single(recs: list[dict], size: int) -> dict:
     cfgs = {name: config_from_dict({"data": {"size": size, **over}}).data
             for name, over in variants().items()}
     timers = {name: StageTimer() for name in cfgs}
-    cpu: dict[str, list[float]] = {"decode": [], "naive": [], **{n: [] for n in cfgs}}
+    cpu: dict[str, list[float]] = {"decode": [], "naive": [], "naive_1t": [],
+                                   **{n: [] for n in cfgs}}
     wall: dict[str, list[float]] = {k: [] for k in cpu}
     outputs: dict[str, list] = {n: [] for n in cfgs}
 
@@ -132,6 +136,7 @@ def bench_single(recs: list[dict], size: int) -> dict:
         cv2.setNumThreads(threads)
         timed("naive", lambda: naive_record(rec, size))
         cv2.setNumThreads(1)
+        timed("naive_1t", lambda: naive_record(rec, size))
         for name, cfg in cfgs.items():
             row = timed(name, lambda: process_record(rec, cfg, timer=timers[name]))
             assert row["status"] == "ok", row["reason"]
@@ -193,13 +198,21 @@ def bench_ray(small: str, large: str, n_small: int, n_large: int, warm: str, wor
         assert summary["counts"]["rejected"] == 0, summary["rejected_reasons"]
         return wall, cpu
 
-    def naive() -> tuple[float, float]:
-        cv2.setNumThreads(threads)
-        c0, t0 = time.process_time(), time.perf_counter()
+    def naive() -> tuple[float, float, float]:
+        """Wall and CPU ms per image of (n), and wall ms of (n1), image by image alternately."""
+        wall, cpu, wall_1t = 0.0, 0.0, 0.0
         for rec in naive_recs:
+            cv2.setNumThreads(threads)
+            c0, t0 = time.process_time(), time.perf_counter()
             naive_record(rec, size)
+            wall, cpu = wall + time.perf_counter() - t0, cpu + time.process_time() - c0
+            cv2.setNumThreads(1)
+            t0 = time.perf_counter()
+            naive_record(rec, size)
+            wall_1t += time.perf_counter() - t0
+        cv2.setNumThreads(threads)
         n = len(naive_recs)
-        return 1000 * (time.perf_counter() - t0) / n, 1000 * (time.process_time() - c0) / n
+        return 1000 * wall / n, 1000 * cpu / n, 1000 * wall_1t / n
 
     out = {}
     with ray_session(RayConfig(num_cpus=2)):
@@ -209,14 +222,17 @@ def bench_ray(small: str, large: str, n_small: int, n_large: int, warm: str, wor
             run(warm, f"warm_{name}", over)
             reps = []
             for _ in range(repeats):
-                nw1, nc1 = naive()
+                nw1, nc1, n1w1 = naive()
                 (ws, cs), (wl, cl) = run(small, f"s_{name}", over), run(large, f"l_{name}", over)
-                nw2, nc2 = naive()
+                nw2, nc2, n1w2 = naive()
                 n = n_large - n_small
                 wall, cpu = 1000 * (wl - ws) / n, 1000 * (cl - cs) / n
                 naive_wall, naive_cpu = (nw1 + nw2) / 2, (nc1 + nc2) / 2
+                naive_1t_wall = (n1w1 + n1w2) / 2
                 reps.append({"wall_ms": wall, "cpu_ms": cpu, "naive_wall_ms": naive_wall,
-                             "naive_cpu_ms": naive_cpu, "wall_vs_naive": wall / naive_wall,
+                             "naive_cpu_ms": naive_cpu, "naive_1t_wall_ms": naive_1t_wall,
+                             "wall_vs_naive": wall / naive_wall,
+                             "wall_vs_naive_1t": wall / naive_1t_wall,
                              "cpu_vs_naive": cpu / naive_cpu})
             with WorkerMemory() as mem:
                 run(large, f"m_{name}", over)
@@ -273,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
 
     line("(a) decode only", cpu["decode"], wall["decode"])
     line("(n) naive loop (seed study)", cpu["naive"], wall["naive"])
+    line("(n1) naive loop, OpenCV on 1 thread", cpu["naive_1t"], wall["naive_1t"])
     for name in variants():
         line(f"(b) process_record, 1 core, {name}", cpu[name], wall[name])
         print("    stages (b), ms: " + ", ".join(f"{k} {v}" for k, v in
@@ -284,8 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'(c) Ray 2 CPUs, ' + name:44} {r['cpu_ms']:7.0f} {r['cpu_vs_naive']:7.2f} "
               f"{r['wall_ms']:8.0f} {r['wall_vs_naive']:7.2f}  {floor:.2f}x the 2-CPU decode "
               f"floor; peak worker USS {r['peak_worker_uss_gib']:.2f} GiB")
-        print("    (c) per repeat, CPU / wall against the naive loop timed beside it: " + ", ".join(
-            f"{x['cpu_vs_naive']:.2f} / {x['wall_vs_naive']:.2f}" for x in r["repeats"]))
+        print(f"    (c) wall against (n1), the one-CPU loop: {r['wall_vs_naive_1t']:.2f}")
+        print("    (c) per repeat, CPU / wall against (n) / wall against (n1), timed beside it: "
+              + ", ".join(f"{x['cpu_vs_naive']:.2f} / {x['wall_vs_naive']:.2f} / "
+                          f"{x['wall_vs_naive_1t']:.2f}" for x in r["repeats"]))
     for name, d in single["difference"].items():
         print(f"{name} against default: max |diff| {d['max_abs']} of 65535, mean "
               f"{d['mean_abs']:.1f}, lowest mask IoU {d['min_mask_iou']:.4f}")
