@@ -39,8 +39,12 @@ PUBLISHED_FILES = (MODEL_FILE, CONFIG_FILE)
 
 def write_checkpoint(folder: str, model, config: dict[str, Any], size: int,
                      preprocessing: dict[str, Any] | None) -> None:
-    """The published part of a checkpoint: the Keras model file and config.json."""
-    model.save(os.path.join(folder, MODEL_FILE))
+    """The published part of a checkpoint: the Keras model file (a standard Keras model:
+    the fused batch normalisation is saved as Keras' own layer) and config.json."""
+    from mammoray.model.batchnorm import standard_layers
+
+    with standard_layers(model):
+        model.save(os.path.join(folder, MODEL_FILE))
     with open(os.path.join(folder, CONFIG_FILE), "w") as fh:
         json.dump({"config": config, "size": size, "preprocessing": preprocessing}, fh,
                   indent=1)
@@ -99,12 +103,15 @@ def check_checkpoint(path: str) -> dict[str, Any]:
 
 
 def load_checkpoint_model(path: str):
-    """(Keras model, ExperimentConfig, input size) of a checkpoint folder."""
+    """(Keras model, ExperimentConfig, input size) of a checkpoint folder; its batch
+    normalisation computed by the fused kernel, as in training."""
     import keras
+
+    from mammoray.model.batchnorm import use_fused
 
     with open(os.path.join(path, CONFIG_FILE)) as fh:
         meta = json.load(fh)
-    model = keras.models.load_model(os.path.join(path, MODEL_FILE), compile=False)
+    model = use_fused(keras.models.load_model(os.path.join(path, MODEL_FILE), compile=False))
     return model, config_from_dict(meta["config"]), int(meta["size"])
 
 

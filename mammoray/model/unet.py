@@ -1,7 +1,8 @@
 """The U-Net, built from a typed config as one pure function.
 
 Level i (0-based) has ``base_filters * 2**i`` filters: two 3x3 convolutions with ReLU
-('same' padding; optional batch normalisation before the ReLU), then dropout at that level's
+('same' padding; optional batch normalisation before the ReLU: Keras' layer computed by
+TensorFlow's fused kernel, :mod:`mammoray.model.batchnorm`), then dropout at that level's
 rate. The encoder max-pools 2x2 between levels; the last level is the bottleneck. The decoder
 up-samples with a 2x2 transposed convolution (stride 2) to the level's filters, concatenates
 the encoder's skip, and applies the level's two convolutions and dropout. A 1x1 convolution
@@ -50,11 +51,13 @@ def check_input_size(cfg: ModelConfig, size: int, patch_size: int = 0,
 
 
 def _conv_block(x, filters: int, name: str, batch_norm: bool, rate: float, layers):
+    from mammoray.model.batchnorm import BatchNormalization
+
     for j in (1, 2):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=not batch_norm,
                           kernel_initializer="he_normal", name=f"{name}_conv{j}")(x)
         if batch_norm:
-            x = layers.BatchNormalization(name=f"{name}_bn{j}")(x)
+            x = BatchNormalization(name=f"{name}_bn{j}")(x)
         x = layers.Activation("relu", name=f"{name}_relu{j}")(x)
     if rate > 0:
         x = layers.Dropout(rate, name=f"{name}_drop")(x)
