@@ -32,8 +32,10 @@ _FUSED_DTYPES = (tf.float32, tf.bfloat16, tf.float16)
 _MIN_EPSILON = 1.001e-5  # the kernel's (cuDNN's) smallest: fused_batch_norm raises a smaller one
 
 
+@keras.saving.register_keras_serializable(package="mammoray")
 class BatchNormalization(keras.layers.BatchNormalization):
-    """``keras.layers.BatchNormalization`` computed by TensorFlow's fused kernel."""
+    """``keras.layers.BatchNormalization`` computed by TensorFlow's fused kernel (registered,
+    so a model's config rebuilds it in this process: ``resized_model``, ``clone_model``)."""
 
     def fused(self, inputs, mask=None) -> bool:
         return (mask is None and len(inputs.shape) == 4 and self.axis in (-1, 3)

@@ -14,6 +14,7 @@ from mammoray.core.config import ModelConfig
 from mammoray.model import checkpoint as ckpt
 from mammoray.model.batchnorm import BatchNormalization, standard_layers, use_fused
 from mammoray.model.unet import build_unet
+from mammoray.model.window import resized_model
 
 pytestmark = pytest.mark.unit
 
@@ -120,3 +121,16 @@ def test_weights_of_either_layer_load_into_the_other(tmp_path):
                                   model.get_layer("enc0_bn1").moving_variance.numpy())
     np.testing.assert_allclose(fresh(x, training=False).numpy(),
                                model(x, training=False).numpy(), atol=1e-6)
+
+
+def test_a_model_rebuilt_from_its_config_keeps_the_fused_layers():
+    """What whole-image inference of a patch-trained model does (``resized_model``)."""
+    model = build_unet(ModelConfig(levels=2, base_filters=4, batch_norm=True), 16)
+    x = np.random.default_rng(6).random((1, 32, 32, 1)).astype("float32")
+    model(x[:, :16, :16], training=True)
+    resized = resized_model(model, 32)
+    assert type(resized.get_layer("enc0_bn1")) is BatchNormalization
+    built = build_unet(ModelConfig(levels=2, base_filters=4, batch_norm=True), 32)
+    built.set_weights(model.get_weights())
+    np.testing.assert_allclose(resized(x, training=False).numpy(),
+                               built(x, training=False).numpy(), atol=1e-6)
