@@ -10,6 +10,10 @@
    Median seconds per image of each stage: read, decode, preprocess, model, back-mapping
    (resize/crop/flip undone + threshold + lesion summary), writing (three PNGs, DICOM SEG,
    JSON), and writing's share of the total. ``--quick``: the laptop U-Net at 256 px only.
+   What there is to write depends on the masks, which fixed untrained weights draw at random
+   (a change of config changes them: writing took 0.11-0.23 s per image for the same code);
+   so a trained laptop checkpoint (``--checkpoint``, by default ``benchmarks/quality.py``'s)
+   is timed too where it exists: masses where a trained model finds them.
    ``--patch-modes``: both training modes of the laptop U-Net side by side: whole 256-px
    images (laptop.yaml) and 256-px patches over 512-px images (laptop-patches.yaml), the latter
    through the sliding window (overlap 0.5) and as one whole-image pass.
@@ -109,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--eval-data", default=os.path.join(DATA, "quality_80p_256"))
-    p.add_argument("--checkpoint", default=os.path.join(DATA, "quality_out", "best"))
+    p.add_argument("--checkpoint", default=os.path.join(DATA, "quality_out_laptop", "best"),
+                   help="a trained laptop.yaml checkpoint (benchmarks/quality.py's): predicted "
+                        "beside the fixed weights, and used by the batch evaluation")
     p.add_argument("--skip-study-model", action="store_true")
     p.add_argument("--quick", action="store_true",
                    help="the laptop U-Net at 256 px only, no batch evaluation")
@@ -141,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"predict: {name} ...", flush=True)
             ckpt = make_checkpoint(os.path.join(tmp, str(i)), cfg, size, extra)
             results["predict"][name] = bench_predict(inputs, ckpt)
+    trained = os.path.join(args.checkpoint, "model.keras")
+    if not args.patch_modes and os.path.isfile(trained):
+        name = "laptop U-Net, 256 px, trained (--checkpoint)"
+        print(f"predict: {name} ...", flush=True)
+        results["predict"][name] = bench_predict(inputs, args.checkpoint)
     if args.quick or args.patch_modes:
         pass
     elif os.path.isdir(args.checkpoint) and os.path.isdir(args.eval_data):
