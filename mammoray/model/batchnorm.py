@@ -3,8 +3,8 @@
 Keras 3 computes ``BatchNormalization`` from separate operations: it casts the input to
 float32, takes the moments, normalises, and casts back (keras-team/keras-core#225: "BatchNorm
 is slow", notably without XLA). On this project's CPUs that made up half of a U-Net training
-step: 537 against 283 ms for the laptop U-Net's step (batch 4 of 256 x 256, bfloat16; 776
-against 596 in float32; ``benchmarks/train_step.py``). The layer below is the same layer, with
+step: 585 against 290 ms for the laptop U-Net's step (batch 4 of 256 x 256, bfloat16; 785
+against 557 in float32; ``benchmarks/train_step.py``). The layer below is the same layer, with
 the same weights, the same config and the same arithmetic, computed by one
 ``tf.compat.v1.nn.fused_batch_norm`` (FusedBatchNormV3, the kernel ``tf.keras`` used): in
 float32 for the statistics whatever the input's dtype, as Keras does. The moving averages are
@@ -49,7 +49,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         gamma = tf.cast(self.gamma, tf.float32)
         beta = tf.cast(self.beta, tf.float32)
         if training and self.trainable:
-            y, mean, unbiased, = tf.compat.v1.nn.fused_batch_norm(
+            y, mean, unbiased = tf.compat.v1.nn.fused_batch_norm(
                 inputs, gamma, beta, epsilon=self.epsilon, data_format="NHWC",
                 is_training=True)
             count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], tf.float32)
