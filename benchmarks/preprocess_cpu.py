@@ -21,8 +21,8 @@ Lossless, 1-bit PNG masks; the data of ``benchmarks/preprocess.py``, cached in
   per image in steady state ((large - images) / (t_large - t_images) on a warm Ray) and CPU
   time per image (user + system of every process of the local Ray, over the same
   difference), each against the naive loop (n) and (n1) timed on 4 images right before and
-  after that pair (the machine's speed drifts over minutes); ``--ray-repeats`` pairs, medians of the
-  ratios; the peak worker memory (USS) of one more large run.
+  after that pair (the machine's speed drifts over minutes); ``--ray-repeats`` pairs, medians
+  of the ratios; the peak worker memory (USS) of one more large run.
 
 The images are processed alternately (a, n, b) image by image so that the machine's noise hits
 all alike; CPU time is ``time.process_time`` (a, n, b) and the Ray processes' CPU times (c).

@@ -5,9 +5,9 @@ fused one (``mammoray.model.batchnorm``), side by side (not a test).
         [--size 256] [--repeats 5] [--steps 10]
 
 For the config's U-Net (with batch normalisation on) at ``--size``, batch ``train.batch_size``,
-Adam and the config's loss, in bfloat16 (when the CPU has it: ``mixed_precision: auto``) and in
-float32: milliseconds per training step (forward, backward, update) and per forward pass in
-inference mode, for each batch normalisation, and without any (a floor). Variants run
+the training loop's own steps (``build_replica``: Adam, the config's loss, the metric sums), in
+bfloat16 (when the CPU has it) and in float32: milliseconds per training step (forward,
+backward, update) and per validation step (a forward pass in inference mode), for each batch normalisation, and without any (a floor). Variants run
 alternately, ``--repeats`` rounds of ``--steps`` steps each, after a warm-up; medians. Prints a
 table and writes ``benchmarks/results/train_step.json``.
 """
@@ -38,46 +38,35 @@ def main(argv: list[str] | None = None) -> int:
                                                   "train_step.json"))
     args = p.parse_args(argv)
 
-    import keras
     import numpy as np
     import tensorflow as tf
 
     from mammoray.core.config import load_config
     from mammoray.model.batchnorm import standard_layers
-    from mammoray.model.losses import LOSSES
-    from mammoray.model.runtime import configure_tensorflow, precision_policy
-    from mammoray.model.unet import build_unet
+    from mammoray.model.runtime import configure_tensorflow, cpu_has_bf16
+    from mammoray.training.loop import build_replica
 
     cfg = load_config(args.config)
     configure_tensorflow(cfg.train.cpus_per_worker, use_gpu=False)
-    policies = ["float32"]
-    bf16 = precision_policy(dataclasses.replace(cfg.train, mixed_precision="auto"))
-    if bf16 != "float32":
-        policies.insert(0, bf16)
+    policies = ["bf16", "off"] if cpu_has_bf16() else ["off"]
     rng = np.random.default_rng(0)
     batch = cfg.train.batch_size
     x = tf.constant(rng.random((batch, args.size, args.size, 1), np.float32))
     y = tf.constant((rng.random((batch, args.size, args.size, 1)) > 0.97).astype(np.float32))
-    loss_fn = LOSSES[cfg.train.loss]
 
-    def variant(policy: str, norm: str):
-        keras.mixed_precision.set_global_policy(policy)
-        keras.utils.set_random_seed(0)
-        model = build_unet(dataclasses.replace(cfg.model, batch_norm=norm != "none"), args.size)
-        optimizer = keras.optimizers.Adam(1e-4)
-        scope = standard_layers(model) if norm == "keras" else contextlib.nullcontext()
+    def variant(precision: str, norm: str):
+        """The training loop's own replica and steps (``build_replica``)."""
+        run_cfg = dataclasses.replace(
+            cfg, model=dataclasses.replace(cfg.model, batch_norm=norm != "none"),
+            train=dataclasses.replace(cfg.train, mixed_precision=precision, patch_size=0))
+        replica = build_replica(run_cfg, args.size)
 
-        @tf.function
         def step():
-            with tf.GradientTape() as tape:
-                loss = loss_fn(y, model(x, training=True))
-            grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            return loss
+            out = replica.strategy.run(replica.train_step, args=(x, y))
+            return replica.strategy.experimental_local_results(out)[0]
 
-        @tf.function
         def forward():
-            return model(x, training=False)
+            return replica.eval_step(x, y)
 
         def timed(fn) -> float:
             fn().numpy()  # a warm-up
@@ -87,20 +76,22 @@ def main(argv: list[str] | None = None) -> int:
             return 1000 * (time.perf_counter() - t0) / args.steps
 
         # The traces (the first calls) see Keras' layer for "keras"; later calls run them.
+        scope = standard_layers(replica.model) if norm == "keras" else contextlib.nullcontext()
         with scope:
             step().numpy()
             forward().numpy()
         return lambda: (timed(step), timed(forward))
 
-    names = [(policy, norm) for policy in policies for norm in ("keras", "fused", "none")]
+    names = [(precision, norm) for precision in policies for norm in ("keras", "fused", "none")]
     runners = {name: variant(*name) for name in names}
     times: dict[tuple, list] = {name: [] for name in names}
     for _ in range(args.repeats):
         for name, run in runners.items():
             times[name].append(run())
     rows = []
-    for (policy, norm), values in times.items():
-        rows.append({"policy": policy, "batch_norm": norm,
+    labels = {"bf16": "mixed_bfloat16", "off": "float32"}
+    for (precision, norm), values in times.items():
+        rows.append({"policy": labels[precision], "batch_norm": norm,
                      "train_step_ms": statistics.median(v[0] for v in values),
                      "forward_ms": statistics.median(v[1] for v in values)})
     print(f"\nU-Net {cfg.model.levels} levels, {cfg.model.base_filters} filters, batch {batch} "
