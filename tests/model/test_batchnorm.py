@@ -11,8 +11,9 @@ import pytest
 import tensorflow as tf
 
 from mammoray.core.config import ModelConfig
+from mammoray.model import batchnorm
 from mammoray.model import checkpoint as ckpt
-from mammoray.model.batchnorm import BatchNormalization, standard_layers, use_fused
+from mammoray.model.batchnorm import BatchNormalization, kernel_dtype, standard_layers, use_fused
 from mammoray.model.unet import build_unet
 from mammoray.model.window import resized_model
 
@@ -61,9 +62,11 @@ def test_training_step_matches_keras_outputs_gradients_and_moving_averages():
                                keras_bn(x, training=False).numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("channels", [4, 16])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_mixed_precision_matches_keras(dtype):
-    x = tf.cast(np.random.default_rng(2).normal(0, 1, (2, 8, 8, 4)), dtype)
+def test_mixed_precision_matches_keras(dtype, channels):
+    # 4 channels: the kernel computes in float32 on a CPU; 16 in bfloat16 (kernel_dtype).
+    x = tf.cast(np.random.default_rng(2).normal(0, 1, (2, 8, 8, channels)), dtype)
     keras_bn, fused = pair(x.shape, dtype=f"mixed_{dtype}")
     y_f = fused(x, training=True)
     assert y_f.dtype == x.dtype
@@ -71,6 +74,21 @@ def test_mixed_precision_matches_keras(dtype):
     np.testing.assert_allclose(tf.cast(y_f, "float32").numpy(),
                                tf.cast(keras_bn(x, training=True), "float32").numpy(),
                                atol=tol)
+
+
+def test_kernel_dtype_on_a_cpu_and_a_gpu(monkeypatch):
+    # On a CPU, bfloat16 only with a multiple of 16 channels; float16 never; float32 always.
+    assert not batchnorm._has_gpu()
+    assert kernel_dtype("bfloat16", 16) == tf.bfloat16
+    assert kernel_dtype("bfloat16", 64) == tf.bfloat16
+    assert kernel_dtype("bfloat16", 8) == tf.float32
+    assert kernel_dtype("bfloat16", 24) == tf.float32
+    assert kernel_dtype("float16", 16) == tf.float32
+    assert kernel_dtype("float32", 8) == tf.float32
+    # On a GPU (cuDNN), 16-bit inputs as they are.
+    monkeypatch.setattr(batchnorm, "_has_gpu", lambda: True)
+    assert kernel_dtype("bfloat16", 8) == tf.bfloat16
+    assert kernel_dtype("float16", 24) == tf.float16
 
 
 def test_inputs_the_kernel_does_not_take_go_to_keras():
