@@ -298,7 +298,7 @@ class DataConfig:
                               f"to {limit} at this size")
 
 
-LOSS_NAMES = ("iou", "dice", "bce", "bce_dice")
+LOSS_NAMES = ("iou", "dice", "bce", "bce_dice", "bce_mass_dice")
 
 
 @dataclass(frozen=True)
@@ -336,8 +336,9 @@ class TrainConfig:
                               "last epoch)", choices=("constant", "cosine"))
     min_lr_fraction: float = option(0.05, "cosine schedule: final learning rate as a fraction "
                                     "of learning_rate", min=0.0, max=1.0)
-    loss: str = option("iou", "loss: iou (1 - soft IoU, the study's), dice, bce, bce_dice",
-                       choices=LOSS_NAMES)
+    loss: str = option("iou", "loss: iou (1 - soft IoU, the study's), dice, bce, bce_dice "
+                       "(soft overlaps pooled over the batch), bce_mass_dice (BCE + the mean "
+                       "soft Dice of the images with a mass)", choices=LOSS_NAMES)
     num_workers: int = option(1, "Ray Train workers (one model replica each)", min=1,
                               max=1024)
     use_gpu: bool = option(False, "one GPU per worker")

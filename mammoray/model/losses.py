@@ -1,14 +1,19 @@
 """Segmentation losses (TensorFlow), one definition each: ``LOSSES`` by config name.
 
 ``iou`` = 1 - soft IoU (the seed study's), ``dice`` = 1 - soft Dice, ``bce`` = binary
-cross-entropy (mean over pixels), ``bce_dice`` = BCE + soft Dice loss. Masks and predictions
-are (N, H, W, 1); truth is 0/1, predictions are the model's sigmoid probabilities.
+cross-entropy (mean over pixels), ``bce_dice`` = BCE + soft Dice loss, ``bce_mass_dice`` =
+BCE + the mean soft Dice loss of the batch's images with a mass. Masks and predictions are
+(N, H, W, 1); truth is 0/1, predictions are the model's sigmoid probabilities.
 
-The soft overlaps are pooled over all pixels of the batch, not averaged per image: per image,
-every image without a mass rewards an all-empty prediction so strongly that a U-Net settled
-there in one epoch and never left (docs/decisions.md). They use a smoothing term of 1 pixel, so
-an empty truth with an empty prediction has loss 0 and a gradient that still pushes stray
-probabilities down. Give the losses the model's sigmoid output: BCE then works from its logits
+The soft overlaps of ``iou``, ``dice`` and ``bce_dice`` are pooled over all pixels of the
+batch, not averaged per image: per image, every image without a mass rewards an all-empty
+prediction so strongly that a U-Net settled there in one epoch and never left
+(docs/decisions.md). They use a smoothing term of 1 pixel, so an empty truth with an empty
+prediction has loss 0 and a gradient that still pushes stray probabilities down. Pooled, a
+mass weighs in the Dice term by its area: a 50-pixel mass beside a 2,000-pixel one gets a
+fortieth of the gradient. ``bce_mass_dice`` weighs every image with a mass the same, as the
+Dice metric does (docs/training.md), and leaves the images without one out of the Dice term:
+BCE alone keeps their predictions empty, so they cannot reward an all-empty model. Give the losses the model's sigmoid output: BCE then works from its logits
 (see :func:`bce_loss`).
 """
 
@@ -38,6 +43,21 @@ def soft_dice_loss(truth, prob):
     return 1.0 - (2.0 * inter + SMOOTH) / (t_sum + p_sum + SMOOTH)
 
 
+def mass_dice_loss(truth, prob):
+    """1 - soft Dice of each image with a mass, averaged over those images (0 when the batch
+    has none). Images without a mass are left out."""
+    import tensorflow as tf
+
+    t = tf.cast(truth, tf.float32)
+    p = tf.cast(prob, tf.float32)
+    axes = tf.range(1, tf.rank(t))
+    inter, t_sum = tf.reduce_sum(t * p, axis=axes), tf.reduce_sum(t, axis=axes)
+    p_sum = tf.reduce_sum(p, axis=axes)
+    has = tf.cast(t_sum > 0, tf.float32)
+    dice = (2.0 * inter + SMOOTH) / (t_sum + p_sum + SMOOTH)
+    return tf.reduce_sum(has * (1.0 - dice)) / tf.maximum(tf.reduce_sum(has), 1.0)
+
+
 def bce_loss(truth, prob):
     """Binary cross-entropy through Keras, which computes it from the logits the sigmoid head
     keeps. A hand-written BCE on clipped probabilities has zero gradient once the model is
@@ -53,5 +73,9 @@ def bce_dice_loss(truth, prob):
     return bce_loss(truth, prob) + soft_dice_loss(truth, prob)
 
 
+def bce_mass_dice_loss(truth, prob):
+    return bce_loss(truth, prob) + mass_dice_loss(truth, prob)
+
+
 LOSSES = {"iou": soft_iou_loss, "dice": soft_dice_loss, "bce": bce_loss,
-          "bce_dice": bce_dice_loss}
+          "bce_dice": bce_dice_loss, "bce_mass_dice": bce_mass_dice_loss}

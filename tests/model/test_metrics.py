@@ -122,3 +122,28 @@ def test_losses():
     assert float(LOSSES["iou"](stack(T, EMPTY), stack(P, stray))) == pytest.approx(1 - 3 / 6)
     assert float(LOSSES["bce_dice"](t, stack(soft))) == pytest.approx(
         expected_bce + expected_dice, rel=1e-5)
+
+
+def test_mass_dice_loss_weighs_each_mass_image_alike():
+    t, p = stack(T), stack(P)
+    # One image: the pooled and the per-image soft Dice are the same, (2 x 2 + 1) / (3 + 3 + 1).
+    assert float(LOSSES["bce_mass_dice"](t, p) - LOSSES["bce"](t, p)) == pytest.approx(
+        1 - 5 / 7)
+    # An image without a mass is left out of the Dice term, predicted empty or not.
+    stray = EMPTY.copy()
+    stray[0, 0] = 1.0
+    for other in (EMPTY, stray):
+        dice_part = LOSSES["bce_mass_dice"](stack(T, EMPTY), stack(P, other)) - LOSSES["bce"](
+            stack(T, EMPTY), stack(P, other))
+        assert float(dice_part) == pytest.approx(1 - 5 / 7)
+    # A batch without a mass: BCE alone.
+    assert float(LOSSES["bce_mass_dice"](stack(EMPTY, stray), stack(EMPTY, stray))) == (
+        pytest.approx(float(LOSSES["bce"](stack(EMPTY, stray), stack(EMPTY, stray)))))
+    # Two masses, a 1-pixel one missed and T/P: each image weighs 1/2, (1 - 1/2) + (1 - 5/7)
+    # halved; pooled, the small one would count for 1 pixel of 4: 1 - (4 + 1) / (4 + 3 + 1).
+    small = EMPTY.copy()
+    small[2, 2] = 1.0
+    truth, prob = stack(T, small), stack(P, EMPTY)
+    assert float(LOSSES["bce_mass_dice"](truth, prob) - LOSSES["bce"](truth, prob)) == (
+        pytest.approx(((1 - 1 / 2) + (1 - 5 / 7)) / 2))
+    assert float(LOSSES["dice"](truth, prob)) == pytest.approx(1 - 5 / 8)
