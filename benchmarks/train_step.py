@@ -7,9 +7,10 @@ fused one (``mammoray.model.batchnorm``), side by side (not a test).
 For the config's U-Net (with batch normalisation on) at ``--size``, batch ``train.batch_size``,
 the training loop's own steps (``build_replica``: Adam, the config's loss, the metric sums), in
 bfloat16 (when the CPU has it) and in float32: milliseconds per training step (forward,
-backward, update) and per validation step (a forward pass in inference mode), for each batch normalisation, and without any (a floor). Variants run
-alternately (and for each ``--filters`` base filter count: the fused kernel's speed in
-bfloat16 depends on the channel counts), ``--repeats`` rounds of ``--steps`` steps each, after a warm-up; medians. Prints a
+backward, update) and per validation step (a forward pass in inference mode), for each batch
+normalisation, and without any (a floor); all of it for each ``--filters`` base filter count
+(the fused kernel's speed in bfloat16 depends on the channel counts). Variants run
+alternately, ``--repeats`` rounds of ``--steps`` steps each, after a warm-up; medians. Prints a
 table and writes ``benchmarks/results/train_step.json``.
 """
 

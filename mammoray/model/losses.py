@@ -13,8 +13,10 @@ prediction has loss 0 and a gradient that still pushes stray probabilities down.
 mass weighs in the Dice term by its area: a 50-pixel mass beside a 2,000-pixel one gets a
 fortieth of the gradient. ``bce_mass_dice`` weighs every image with a mass the same, as the
 Dice metric does (docs/training.md), and leaves the images without one out of the Dice term:
-BCE alone keeps their predictions empty, so they cannot reward an all-empty model. Give the losses the model's sigmoid output: BCE then works from its logits
-(see :func:`bce_loss`).
+BCE alone keeps their predictions empty, so they cannot reward an all-empty model.
+
+Give the losses the model's sigmoid output: BCE then works from its logits (see
+:func:`bce_loss`).
 """
 
 from __future__ import annotations
