@@ -24,13 +24,15 @@ from __future__ import annotations
 SMOOTH = 1.0
 
 
-def _soft_sums(truth, prob):
-    """Soft intersection and sizes pooled over every pixel of the batch."""
+def _soft_sums(truth, prob, per_image: bool = False):
+    """Soft intersection and sizes pooled over every pixel of the batch, or one per image."""
     import tensorflow as tf
 
     t = tf.cast(truth, tf.float32)
     p = tf.cast(prob, tf.float32)
-    return tf.reduce_sum(t * p), tf.reduce_sum(t), tf.reduce_sum(p)
+    axes = tf.range(1, tf.rank(t)) if per_image else None
+    return (tf.reduce_sum(t * p, axis=axes), tf.reduce_sum(t, axis=axes),
+            tf.reduce_sum(p, axis=axes))
 
 
 def soft_iou_loss(truth, prob):
@@ -50,11 +52,7 @@ def mass_dice_loss(truth, prob):
     has none). Images without a mass are left out."""
     import tensorflow as tf
 
-    t = tf.cast(truth, tf.float32)
-    p = tf.cast(prob, tf.float32)
-    axes = tf.range(1, tf.rank(t))
-    inter, t_sum = tf.reduce_sum(t * p, axis=axes), tf.reduce_sum(t, axis=axes)
-    p_sum = tf.reduce_sum(p, axis=axes)
+    inter, t_sum, p_sum = _soft_sums(truth, prob, per_image=True)
     has = tf.cast(t_sum > 0, tf.float32)
     dice = (2.0 * inter + SMOOTH) / (t_sum + p_sum + SMOOTH)
     return tf.reduce_sum(has * (1.0 - dice)) / tf.maximum(tf.reduce_sum(has), 1.0)
