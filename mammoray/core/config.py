@@ -299,6 +299,7 @@ class DataConfig:
 
 
 LOSS_NAMES = ("iou", "dice", "bce", "bce_dice", "bce_mass_dice")
+AUGMENT_GEOMETRIES = ("d4", "chest_wall")
 
 
 @dataclass(frozen=True)
@@ -384,14 +385,19 @@ class TrainConfig:
     patches_per_image: int = option(1, "patch training: patches drawn from each training image "
                                     "per epoch; batch_size counts patches and must be a "
                                     "multiple of it", min=1, max=256)
-    patch_augment: bool = option(True, "patch training: each patch flipped/rotated (the 8 "
-                                 "symmetries of the square) and its brightness and contrast "
+    patch_augment: bool = option(True, "patch training: each patch flipped/rotated "
+                                 "(train.augment_geometry) and its brightness and contrast "
                                  "changed by up to 10% (albumentations)")
     image_augment: bool = option(False, "whole-image training: each image flipped/rotated "
-                                 "(the 8 symmetries of the square) and its brightness and "
+                                 "(train.augment_geometry) and its brightness and "
                                  "contrast changed by up to 10% on the worker, a new draw every "
                                  "epoch (free of preprocessing; off reproduces the seed study, "
                                  "which augmented offline: data.sources[].augment)")
+    augment_geometry: str = option(
+        "d4", "the flips and turns of patch_augment and image_augment: d4 = one of the "
+        "square's 8 symmetries; chest_wall = the ones a mammogram can take with its chest wall "
+        "kept on the left, as preprocessing puts it: an up-down mirror, and with probability "
+        "1/2 a turn of up to 10 degrees and a zoom of 0.9-1.1", choices=AUGMENT_GEOMETRIES)
 
     def check(self, prefix: str) -> None:
         if self.patch_size and self.image_augment:

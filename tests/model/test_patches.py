@@ -135,3 +135,37 @@ def test_whole_images_augmented_by_the_eight_symmetries_with_their_masks():
     seen = draws(5)
     assert set(seen) == symmetries
     assert draws(5) == seen and draws(6) != seen
+
+
+def test_chest_wall_augmentation_keeps_the_chest_wall_on_the_left():
+    """``train.augment_geometry: chest_wall``: over 300 draws the image comes back as it was,
+    mirrored up-down, or turned/zoomed a little, in about equal shares; never mirrored
+    left-right or turned a quarter (a block at the left edge stays there); the mask stays on
+    the image's bright pixels (inside it bright, away from it dark) through every draw."""
+    import cv2
+
+    from mammoray.model.inputs import to_model_input
+
+    image = np.full((32, 32), 2000, np.uint16)
+    image[4:10, 2:12] = 60000  # touching neither edge's mirror: each flip puts it elsewhere
+    mask = (image == 60000).astype(np.uint8)
+    x0, y0 = to_model_input(image), mask[None, ..., None].astype(np.float32)
+    transform, kinds, kernel = augmenter(3, "chest_wall"), [], np.ones((3, 3), np.uint8)
+    for _ in range(300):
+        x, y = augment_batch(transform, x0.copy(), y0.copy())
+        m = y[0, ..., 0].astype(np.uint8)
+        assert set(np.unique(m)) <= {0, 1}
+        kinds.append("as is" if np.array_equal(m, mask) else
+                     "mirrored" if np.array_equal(m, mask[::-1]) else "turned")
+        assert np.nonzero(m)[1].mean() < 10  # still at the left (the block's centre: 6.5)
+        bright = x[0, ..., 0] > 0.5
+        inner = cv2.erode(m, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+        assert bright[inner > 0].all()
+        assert not (bright & (cv2.dilate(m, kernel) == 0)).any()
+    shares = {k: kinds.count(k) / len(kinds) for k in ("as is", "mirrored", "turned")}
+    # Expected: 1/4 as is, 1/4 mirrored, 1/2 turned (a turn of ~0 degrees at zoom ~1 may
+    # land on "as is" or "mirrored"); 300 draws: 4 standard deviations ~ 0.1.
+    assert 0.15 < shares["as is"] < 0.35 and 0.15 < shares["mirrored"] < 0.35
+    assert 0.4 < shares["turned"] < 0.6
+    with pytest.raises(ValueError, match="augment geometry 'd8': expected one of d4, chest_wall"):
+        augmenter(0, "d8")
