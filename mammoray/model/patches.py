@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mammoray.core.config import AUGMENT_GEOMETRIES
+
 from mammoray.model.inputs import to_model_input
 
 
@@ -88,7 +90,8 @@ def augmenter(seed: int, geometry: str = "d4"):
                           mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT,
                           fill=0, fill_mask=0, p=0.5)]
     else:
-        raise ValueError(f"augment geometry {geometry!r}: expected one of d4, chest_wall")
+        raise ValueError(f"augment geometry {geometry!r}: expected one of "
+                         f"{', '.join(AUGMENT_GEOMETRIES)}")
     return A.Compose(shape + [A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1,
                                                          p=0.5)], seed=seed)
 

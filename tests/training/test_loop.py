@@ -112,3 +112,11 @@ def test_the_epochs_whole_images_are_augmented_only_with_image_augment():
     again, _ = batch_inputs(tcfg, 16, epoch=3, rank=1)[1](batch)
     other, _ = batch_inputs(tcfg, 16, epoch=4, rank=1)[1](batch)
     assert np.array_equal(again, x) and not np.array_equal(other, x)
+
+    # train.augment_geometry reaches the workers' draws: with chest_wall the mass at the
+    # right (columns 9-13) is never mirrored left-right, and some draws mirror it up-down.
+    tcfg = config_from_dict({"train": {"batch_size": 8, "image_augment": True,
+                                       "augment_geometry": "chest_wall"}}).train
+    ys = np.concatenate([batch_inputs(tcfg, 16, epoch=e)[1](batch)[1] for e in range(10)])
+    assert all(np.nonzero(m[..., 0])[1].mean() > 9 for m in ys)
+    assert any(np.array_equal(m, stored_y[0][::-1]) for m in ys)
