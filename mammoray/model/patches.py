@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from mammoray.core.config import AUGMENT_GEOMETRIES
-
 from mammoray.model.inputs import to_model_input
 
 
