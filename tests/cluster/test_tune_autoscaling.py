@@ -66,7 +66,10 @@ def test_pending_trials_make_the_autoscaler_add_nodes_and_the_search_finishes(cl
     config.write_text(
         "model: {levels: 2, base_filters: 4}\n"
         "train: {epochs: 2, batch_size: 2, loss: bce, cpus_per_worker: 2}\n"
-        "tune: {num_samples: 2, max_concurrent: 2, levels: [2, 3], start_from_config: false}\n")
+        # grace_period = epochs: ASHA may not stop a trial early. Otherwise which trial it
+        # stops depends on which reports first, and the trials below would not all complete.
+        "tune: {num_samples: 2, max_concurrent: 2, levels: [2, 3], start_from_config: false,"
+        " grace_period: 2}\n")
     nodes: list[int] = []
     stop = threading.Event()
 
