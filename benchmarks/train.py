@@ -2,13 +2,14 @@
 
     .venv/bin/python benchmarks/train.py [--patients 24] [--sizes 256 512] [--epochs 4]
 
-Same data and model (jobs/configs/laptop.yaml's U-Net and loss, batch 4 per worker): steady
-state images/s of (a) the same training step without Ray (one process, plain TensorFlow, a
-tf.data pipeline from arrays in memory, TensorFlow on both cores), (b) Ray Train with 1 worker
-(2 CPUs), (c) Ray Train with 2 workers (1 CPU each, MultiWorkerMirroredStrategy); the input
-pipeline alone (Parquet -> Ray Data -> decoded batches, no model) in images/s; start-up of (b)
-and (c) (from the call to the first epoch's start). Steady state skips the first epoch
-(tracing, warm-up) and uses the epochs' training-loop time (``train_seconds``).
+Same data and model (jobs/configs/laptop.yaml's U-Net, loss and dtype policy, batch 4 per
+worker): steady state images/s of (a) the same training step without Ray (one process, plain
+TensorFlow, a tf.data pipeline from arrays in memory, TensorFlow on both cores), (b) Ray Train
+with 1 worker (2 CPUs), (c) Ray Train with 2 workers (1 CPU each, MultiWorkerMirrored-
+Strategy); the input pipeline alone (Parquet -> Ray Data -> decoded batches, no model) in
+images/s; start-up of (b) and (c) (from the call to the first epoch's start). Steady state
+skips the first epoch (tracing, warm-up) and uses the epochs' training-loop time
+(``train_seconds``).
 
 Prints a table and writes ``benchmarks/results/train.json``. Data is cached in
 ``benchmarks/data/``.
@@ -54,9 +55,11 @@ def bench_plain(data: str, size: int, epochs: int, cfg) -> dict:
     import tensorflow as tf
 
     from mammoray.model.losses import LOSSES
+    from mammoray.model.runtime import precision_policy
     from mammoray.model.unet import build_unet
 
     x, y = arrays(data, "train", size)
+    keras.mixed_precision.set_global_policy(precision_policy(cfg.train))  # as (b) and (c)
     keras.utils.set_random_seed(0)
     model = build_unet(cfg.model, size)
     optimizer = keras.optimizers.Adam(cfg.train.learning_rate)
