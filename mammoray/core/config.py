@@ -337,6 +337,10 @@ class TrainConfig:
                               "last epoch)", choices=("constant", "cosine"))
     min_lr_fraction: float = option(0.05, "cosine schedule: final learning rate as a fraction "
                                     "of learning_rate", min=0.0, max=1.0)
+    ema_momentum: float = option(0.0, "keep an exponential moving average of the weights, "
+                                 "updated every step with this momentum (e.g. 0.99: about the "
+                                 "last 100 steps), and validate, checkpoint and publish it "
+                                 "instead of the last weights; 0 = off", min=0.0, max=0.9999)
     loss: str = option("iou", "loss: iou (1 - soft IoU, the study's), dice, bce, bce_dice "
                        "(soft overlaps pooled over the batch), bce_mass_dice (BCE + the mean "
                        "soft Dice of the images with a mass)", choices=LOSS_NAMES)
@@ -374,6 +378,9 @@ class TrainConfig:
                                              "URI, e.g. file:/path/mlruns or http://host:5000;"
                                              " none = no MLflow")
     mlflow_experiment: str = option("mammoray", "MLflow experiment name")
+    mass_repeat: int = option(1, "each training image with a mass comes this many times per "
+                              "epoch (oversampling the masses; an epoch grows by as many rows); "
+                              "1 = every image once", min=1, max=64)
     patch_size: int = option(0, "train on patches of this side drawn from the dataset's images "
                              "at their full resolution (nnU-Net's way; validation and "
                              "inference then go through infer.mode); 0 = whole images (the "

@@ -50,9 +50,22 @@ def read_rows(data: str, columns: list[str], *, v2: bool = False):
         ctx.use_datasource_v2 = previous
 
 
-def split_dataset(data: str, split: str, *, v2: bool = False):
-    """The rows of one split as a Ray Dataset (image id, image and mask bytes), materialized: training
-    workers then iterate without needing CPUs for read tasks. ``v2``: see ``read_rows``.
+def repeat_mass_rows(batch, times: int):
+    """A batch of rows (a pyarrow Table with ``has_mass``) with every row showing a mass
+    ``times`` times in a row, the others once; ``has_mass`` dropped."""
+    import numpy as np
+
+    counts = np.where(batch.column("has_mass").to_numpy(zero_copy_only=False), times, 1)
+    return batch.take(np.repeat(np.arange(batch.num_rows), counts)).drop_columns(["has_mass"])
+
+
+def split_dataset(data: str, split: str, *, v2: bool = False, mass_repeat: int = 1):
+    """The rows of one split as a Ray Dataset (image id, image and mask bytes), materialized:
+    training workers then iterate without needing CPUs for read tasks. ``v2``: see ``read_rows``.
+
+    ``mass_repeat`` > 1 oversamples the images with a mass (``train.mass_repeat``): each such
+    row comes that many times, next to each other (the training reader's local shuffle then
+    spreads the copies through its window).
 
     Workers read it again every epoch; those reads print no progress bars or execution plans
     (a dataset keeps the DataContext of its creation): a training log shows its epochs."""
@@ -63,8 +76,14 @@ def split_dataset(data: str, split: str, *, v2: bool = False):
     saved = ctx.enable_progress_bars, ctx.print_on_execution_start
     ctx.enable_progress_bars = ctx.print_on_execution_start = False
     try:
-        ds = read_rows(data, ["image_id", "image", "mask", "split"], v2=v2)
-        ds = ds.filter(expr=col("split") == split).select_columns(["image_id", "image", "mask"])
+        ds = read_rows(data, ["image_id", "image", "mask", "split", "has_mass"], v2=v2)
+        ds = ds.filter(expr=col("split") == split).select_columns(
+            ["image_id", "image", "mask", "has_mass"])
+        if mass_repeat > 1:
+            ds = ds.map_batches(repeat_mass_rows, fn_kwargs={"times": mass_repeat},
+                                batch_format="pyarrow")
+        else:
+            ds = ds.drop_columns(["has_mass"])
         return ds.materialize()
     finally:
         ctx.enable_progress_bars, ctx.print_on_execution_start = saved

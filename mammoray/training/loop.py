@@ -29,7 +29,8 @@ import math
 import tempfile
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,9 +67,38 @@ class Replica:
     all_reduce: Any   # np vector -> the element-wise sum over all workers
     segmenter: Any    # whole validation images -> probabilities, as prediction computes them
     loss_fn: Any
+    ema: bool = False  # the optimizer keeps a moving average of the weights
 
     def set_learning_rate(self, rate: float) -> None:
         getattr(self.optimizer, "inner_optimizer", self.optimizer).learning_rate.assign(rate)
+
+    def swap_average(self) -> None:
+        """Swap the model's trainable weights with the optimizer's moving averages of them
+        (``train.ema_momentum``; Keras' ``use_ema``), one variable at a time, on every replica
+        (an assignment outside ``strategy.run`` writes all of them). The averages are where
+        keras.callbacks.SwapEMAWeights finds them; the optimizer was built on the model's
+        trainable variables, in their order."""
+        import keras
+
+        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        for var, average in zip(self.model.trainable_variables,
+                                inner._model_variables_moving_average, strict=True):
+            trained = keras.ops.convert_to_numpy(var)
+            var.assign(keras.ops.convert_to_numpy(average))
+            average.assign(trained)
+
+    @contextmanager
+    def averaged(self) -> Iterator[None]:
+        """Inside, the model holds the weights' moving average when there is one (validation,
+        checkpoints and pictures see it); the trained weights come back on leaving."""
+        if not self.ema:
+            yield
+            return
+        self.swap_average()
+        try:
+            yield
+        finally:
+            self.swap_average()
 
 
 def build_replica(cfg, size: int) -> Replica:
@@ -92,7 +122,8 @@ def build_replica(cfg, size: int) -> Replica:
     keras.utils.set_random_seed(tcfg.seed)
     with strategy.scope():
         model = build_unet(cfg.model, tcfg.patch_size or size)
-        optimizer = keras.optimizers.Adam(tcfg.learning_rate)
+        optimizer = keras.optimizers.Adam(tcfg.learning_rate, use_ema=tcfg.ema_momentum > 0,
+                                          ema_momentum=tcfg.ema_momentum or 0.99)
         if mixed:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     loss_fn = LOSSES[tcfg.loss]
@@ -124,20 +155,31 @@ def build_replica(cfg, size: int) -> Replica:
         return _all_reduce(tf.constant(vector, tf.float32)).numpy().astype(np.float64)
 
     return Replica(model, optimizer, strategy, train_step, eval_step, all_reduce,
-                   Segmenter(model, cfg, size), loss_fn)
+                   Segmenter(model, cfg, size), loss_fn, ema=tcfg.ema_momentum > 0)
 
 
 def restore(replica: Replica) -> list[dict[str, Any]]:
     """The history so far, with model and optimizer restored from Ray Train's checkpoint when
-    this run resumes (a restarted worker group, or a run started again with the same name)."""
+    this run resumes (a restarted worker group, or a run started again with the same name).
+    With a moving average, checkpoints are written inside ``Replica.averaged``: the model file
+    holds the average and the optimizer's average slots the trained weights, so they are
+    swapped back."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if not checkpoint:
         return []
     with checkpoint.as_directory() as folder:
-        with replica.strategy.scope():
-            return ckpt.load_state(folder, replica.model, replica.optimizer)
+        return restore_from(replica, folder)
+
+
+def restore_from(replica: Replica, folder: str) -> list[dict[str, Any]]:
+    """``restore`` from a checkpoint folder."""
+    with replica.strategy.scope():
+        history = ckpt.load_state(folder, replica.model, replica.optimizer)
+    if replica.ema:
+        replica.swap_average()
+    return history
 
 
 def batch_inputs(tcfg: TrainConfig, size: int, epoch: int,
@@ -314,11 +356,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             faults.fire(injected, "train.epoch", epoch=epoch + 1, rank=rank)
         t0 = time.time()
         train = train_one_epoch(replica, shard, tcfg, size, epoch, rank)
-        val = validate_one_epoch(replica, val_data, tcfg, size, keep=live.images_due(epoch),
-                                 rank=rank, world=world)
-        history.append(epoch_metrics(epoch, history, train, val, tcfg, t0, started))
-        report_epoch(replica, live.metrics(history[-1], replica.segmenter, val[2]), history,
-                     config, size, rank, wants_checkpoint(tcfg, history))
+        with replica.averaged():
+            val = validate_one_epoch(replica, val_data, tcfg, size,
+                                     keep=live.images_due(epoch), rank=rank, world=world)
+            history.append(epoch_metrics(epoch, history, train, val, tcfg, t0, started))
+            report_epoch(replica, live.metrics(history[-1], replica.segmenter, val[2]),
+                         history, config, size, rank, wants_checkpoint(tcfg, history))
         live.log_mlflow(history[-1])
     live.end()
 

@@ -126,7 +126,7 @@ def run_training(cfg: ExperimentConfig, *, log: Callable[[str], None] = print) -
                                1.0 if tcfg.use_gpu else 0.0, count_flag="--num-workers",
                                cpus_flag="--cpus-per-worker", wait_s=cfg.ray.resource_wait_s,
                                log=log)
-        train_ds = split_dataset(tcfg.data, "train")
+        train_ds = split_dataset(tcfg.data, "train", mass_repeat=tcfg.mass_repeat)
         val_ds = split_dataset(tcfg.data, "val")
         n_train, n_val = train_ds.count(), val_ds.count()
         check_batches(n_train, tcfg.batch_size, tcfg.num_workers, tcfg.data)

@@ -276,7 +276,8 @@ def run_search(cfg: ExperimentConfig, *, resume: bool = False,
                                gpus / workers, count_flag="train.num_workers:",
                                cpus_flag="--cpus-per-worker", wait_s=cfg.ray.resource_wait_s,
                                log=log)
-        train_ds = split_dataset(cfg.train.data, "train")
+        train_ds = split_dataset(cfg.train.data, "train",
+                                 mass_repeat=cfg.train.mass_repeat)
         val_ds = split_dataset(cfg.train.data, "val")
         n_train, n_val = train_ds.count(), val_ds.count()
         if n_train < batches:

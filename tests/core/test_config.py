@@ -37,6 +37,7 @@ def test_overrides_win_and_none_is_skipped():
     ({"model": {"dropout": [0.95]}}, "model.dropout[0]: 0.95 is out of range; allowed 0.0 to 0.9"),
     ({"train": {"loss": "focal"}}, "train.loss: 'focal' is not allowed; choose one of"),
     ({"train": {"learning_rate": 0}}, "train.learning_rate: 0.0 is out of range"),
+    ({"train": {"mass_repeat": 0}}, "train.mass_repeat: 0 is out of range; allowed 1 to 64"),
     ({"data": {"size": 8}}, "data.size: 8 is out of range; allowed 16 to 8192"),
     ({"data": {"size": "big"}}, "data.size: expected an integer, got 'big'"),
     ({"data": {"size": 256.0}}, "data.size: expected an integer"),

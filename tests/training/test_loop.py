@@ -120,3 +120,52 @@ def test_the_epochs_whole_images_are_augmented_only_with_image_augment():
     ys = np.concatenate([batch_inputs(tcfg, 16, epoch=e)[1](batch)[1] for e in range(10)])
     assert all(np.nonzero(m[..., 0])[1].mean() > 9 for m in ys)
     assert any(np.array_equal(m, stored_y[0][::-1]) for m in ys)
+
+
+def test_the_moving_average_is_validated_checkpointed_and_restored(tmp_path):
+    """train.ema_momentum 0.5: after three steps the average is w1 / 4 + w2 / 4 + w3 / 2 (the
+    first step sets it to w1). Inside ``averaged`` the model holds it, and a checkpoint written
+    there restores both: the trained weights to go on training, the average to validate."""
+    import tensorflow as tf
+
+    from mammoray.model import checkpoint as ckpt
+    from mammoray.training.loop import build_replica, restore_from
+
+    size = 16
+    cfg = config_from_dict({"model": {"levels": 2, "base_filters": 4},
+                            "train": {"batch_size": 2, "loss": "bce", "learning_rate": 0.01,
+                                      "ema_momentum": 0.5}})
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.random((2, size, size, 1), np.float32))
+    y = tf.constant((rng.random((2, size, size, 1)) > 0.7).astype(np.float32))
+
+    def weights(replica):
+        return [v.numpy().astype(np.float64) for v in replica.model.trainable_variables]
+
+    replica = build_replica(cfg, size)
+    steps = []
+    for _ in range(3):
+        replica.strategy.run(replica.train_step, args=(x, y))
+        steps.append(weights(replica))
+    w1, w2, w3 = steps
+    average = [a / 4 + b / 4 + c / 2 for a, b, c in zip(w1, w2, w3)]
+    assert max(np.abs(a - c).max() for a, c in zip(average, w3)) > 1e-4  # they differ
+    with replica.averaged():
+        for got, want in zip(weights(replica), average):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+        ckpt.write_checkpoint(str(tmp_path), replica.model, cfg.to_dict(), size, None)
+        ckpt.save_state(str(tmp_path), replica.optimizer, [{"epoch": 1}])
+    for got, want in zip(weights(replica), w3):
+        np.testing.assert_array_equal(got, want)
+    fresh = build_replica(cfg, size)
+    assert restore_from(fresh, str(tmp_path)) == [{"epoch": 1}]
+    for got, want in zip(weights(fresh), w3):
+        np.testing.assert_array_equal(got, want)
+    with fresh.averaged():
+        for got, want in zip(weights(fresh), average):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    # Adam's moments came back too: one more step moves both replicas alike.
+    for r in (replica, fresh):
+        r.strategy.run(r.train_step, args=(x, y))
+    for got, want in zip(weights(fresh), weights(replica)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)

@@ -68,6 +68,23 @@ def test_split_rows_equal_the_parquet_files(data):
     assert ray.data.DataContext.get_current().use_datasource_v2 == before
 
 
+def test_mass_repeat_oversamples_the_training_rows_with_a_mass(data):
+    """train.mass_repeat 3: each training row with a mass three times, the others once."""
+    import collections
+
+    import pyarrow.parquet as pq
+
+    from mammoray.core.dataset import split_dataset
+
+    table = pq.read_table(data / "ds" / "data", columns=["image_id", "split", "has_mass"])
+    want = {r["image_id"]: 3 if r["has_mass"] else 1 for r in table.to_pylist()
+            if r["split"] == "train"}
+    assert 0 < sum(c == 3 for c in want.values()) < len(want)
+    rows = split_dataset(str(data / "ds"), "train", mass_repeat=3).take_all()
+    assert set(rows[0]) == {"image_id", "image", "mask"}
+    assert collections.Counter(r["image_id"] for r in rows) == want
+
+
 def test_two_workers_loss_falls(trained):
     out, summary, rows = trained
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
@@ -161,7 +178,10 @@ def test_a_killed_worker_recovers_from_the_checkpoint(data, monkeypatch, tmp_pat
     monkeypatch.setenv(faults.ENV, json.dumps([{"at": "train.epoch", "action": "crash",
                                                 "dir": str(fault), "epoch": 2, "rank": 1}]))
     out = data / "crash"
-    summary = run_training(train_cfg(data, out, max_failures=1), log=lambda _: None)
+    # With a moving average of the weights: the restarted workers restore the trained weights
+    # and the average from the checkpoint (swapped in it: see loop.restore).
+    summary = run_training(train_cfg(data, out, max_failures=1, ema_momentum=0.9),
+                           log=lambda _: None)
     # Worker 1 reached epoch 2 twice: it died there once, then the restarted group resumed
     # from epoch 1's checkpoint and went on.
     assert sorted(os.listdir(fault)) == ["arrival-1", "arrival-2", "fired"]
