@@ -76,14 +76,12 @@ def split_dataset(data: str, split: str, *, v2: bool = False, mass_repeat: int =
     saved = ctx.enable_progress_bars, ctx.print_on_execution_start
     ctx.enable_progress_bars = ctx.print_on_execution_start = False
     try:
-        ds = read_rows(data, ["image_id", "image", "mask", "split", "has_mass"], v2=v2)
-        ds = ds.filter(expr=col("split") == split).select_columns(
-            ["image_id", "image", "mask", "has_mass"])
+        columns = ["image_id", "image", "mask"] + (["has_mass"] if mass_repeat > 1 else [])
+        ds = read_rows(data, columns + ["split"], v2=v2)
+        ds = ds.filter(expr=col("split") == split).select_columns(columns)
         if mass_repeat > 1:
             ds = ds.map_batches(repeat_mass_rows, fn_kwargs={"times": mass_repeat},
                                 batch_format="pyarrow")
-        else:
-            ds = ds.drop_columns(["has_mass"])
         return ds.materialize()
     finally:
         ctx.enable_progress_bars, ctx.print_on_execution_start = saved

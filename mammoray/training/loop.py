@@ -67,10 +67,19 @@ class Replica:
     all_reduce: Any   # np vector -> the element-wise sum over all workers
     segmenter: Any    # whole validation images -> probabilities, as prediction computes them
     loss_fn: Any
-    ema: bool = False  # the optimizer keeps a moving average of the weights
+
+    @property
+    def adam(self):
+        """The Adam optimizer (inside the float16 loss-scale wrapper when there is one)."""
+        return getattr(self.optimizer, "inner_optimizer", self.optimizer)
+
+    @property
+    def ema(self) -> bool:
+        """Whether the optimizer keeps a moving average of the weights."""
+        return bool(self.adam.use_ema)
 
     def set_learning_rate(self, rate: float) -> None:
-        getattr(self.optimizer, "inner_optimizer", self.optimizer).learning_rate.assign(rate)
+        self.adam.learning_rate.assign(rate)
 
     def swap_average(self) -> None:
         """Swap the model's trainable weights with the optimizer's moving averages of them
@@ -80,9 +89,8 @@ class Replica:
         trainable variables, in their order."""
         import keras
 
-        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
         for var, average in zip(self.model.trainable_variables,
-                                inner._model_variables_moving_average, strict=True):
+                                self.adam._model_variables_moving_average, strict=True):
             trained = keras.ops.convert_to_numpy(var)
             var.assign(keras.ops.convert_to_numpy(average))
             average.assign(trained)
@@ -155,7 +163,7 @@ def build_replica(cfg, size: int) -> Replica:
         return _all_reduce(tf.constant(vector, tf.float32)).numpy().astype(np.float64)
 
     return Replica(model, optimizer, strategy, train_step, eval_step, all_reduce,
-                   Segmenter(model, cfg, size), loss_fn, ema=tcfg.ema_momentum > 0)
+                   Segmenter(model, cfg, size), loss_fn)
 
 
 def restore(replica: Replica) -> list[dict[str, Any]]:
