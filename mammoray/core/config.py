@@ -298,7 +298,7 @@ class DataConfig:
                               f"to {limit} at this size")
 
 
-LOSS_NAMES = ("iou", "dice", "bce", "bce_dice", "bce_mass_dice")
+LOSS_NAMES = ("iou", "dice", "bce", "bce_dice", "bce_mass_dice", "bce_mass_tversky")
 AUGMENT_GEOMETRIES = ("d4", "chest_wall")
 
 
@@ -313,11 +313,20 @@ class ModelConfig:
     dropout: list[float] = option([0.0], "dropout rate per level: one value for all levels, "
                                   "or one value per level", min=0.0, max=0.9)
     batch_norm: bool = option(False, "batch normalisation after each convolution")
+    deep_supervision: int = option(0, "training only: extra sigmoid heads on this many decoder "
+                                   "levels below the top (1/2, 1/4, ... of the input side), "
+                                   "each scored against the mask averaged down to its side, "
+                                   "with weights halving per level (nnU-Net); the saved model "
+                                   "has the one full-size output; 0 = off", min=0, max=8)
 
     def check(self, prefix: str) -> None:
         if len(self.dropout) not in (1, self.levels):
             raise ConfigError(f"{prefix}.dropout: give one value for all levels or one per "
                               f"level ({self.levels}), got {len(self.dropout)} values")
+        if self.deep_supervision > self.levels - 2:
+            raise ConfigError(f"{prefix}.deep_supervision: {self.deep_supervision} heads need "
+                              f"that many decoder levels below the top; {self.levels} levels "
+                              f"allow 0 to {self.levels - 2}")
 
 
 @dataclass(frozen=True)
@@ -343,7 +352,9 @@ class TrainConfig:
                                  "instead of the last weights; 0 = off", min=0.0, max=0.9999)
     loss: str = option("iou", "loss: iou (1 - soft IoU, the study's), dice, bce, bce_dice "
                        "(soft overlaps pooled over the batch), bce_mass_dice (BCE + the mean "
-                       "soft Dice of the images with a mass)", choices=LOSS_NAMES)
+                       "soft Dice of the images with a mass), bce_mass_tversky (the same with "
+                       "the Tversky index: a missed mass pixel weighs 0.7, a false one 0.3)",
+                       choices=LOSS_NAMES)
     num_workers: int = option(1, "Ray Train workers (one model replica each)", min=1,
                               max=1024)
     use_gpu: bool = option(False, "one GPU per worker")

@@ -7,8 +7,9 @@ A checkpoint folder holds:
   "preprocessing": the dataset's preprocessing parameters}``: what ``jobs.predict`` applies
   to new DICOMs;
 - in Ray Train's checkpoints only (to resume): ``optimizer.npz`` (the optimizer's variables:
-  Adam's two slots per weight and its step; the weights themselves come from
-  ``model.keras``) and ``history.json`` (the epochs so far).
+  Adam's two slots per weight and its step, and the weights of deep supervision's training-only
+  heads; the model's weights themselves come from ``model.keras``) and ``history.json`` (the
+  epochs so far).
 
 A published checkpoint (``<output>/best``) is a folder of :mod:`mammoray.core.storage` (a
 local path or a URI), published only when complete.
@@ -50,21 +51,35 @@ def write_checkpoint(folder: str, model, config: dict[str, Any], size: int,
                   indent=1)
 
 
-def save_state(folder: str, optimizer, history: list[dict[str, Any]]) -> None:
-    """What a resumed run needs besides ``model.keras``: the optimizer's variables and the
-    history (the weights are not stored a second time)."""
+def training_heads(model, trainer) -> list:
+    """The weights the training model has beyond the saved model (deep supervision's heads),
+    in the training model's order."""
+    own = {id(v) for v in model.weights}
+    return [v for v in trainer.weights if id(v) not in own]
+
+
+def save_state(folder: str, optimizer, history: list[dict[str, Any]],
+               heads: list | tuple = ()) -> None:
+    """What a resumed run needs besides ``model.keras``: the optimizer's variables, the
+    training-only ``heads`` (:func:`training_heads`) and the history (the model's weights are
+    not stored a second time)."""
     arrays = {f"o{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)}
+    arrays.update({f"h{i}": np.asarray(v.numpy()) for i, v in enumerate(heads)})
     np.savez(os.path.join(folder, STATE_FILE), **arrays)
     with open(os.path.join(folder, HISTORY_FILE), "w") as fh:
         json.dump(history, fh)
 
 
-def load_state(folder: str, model, optimizer) -> list[dict[str, Any]]:
-    """Restore a checkpoint's weights (from ``model.keras``) and optimizer variables into a
-    built model and optimizer; returns the history."""
+def load_state(folder: str, model, optimizer, trainer=None) -> list[dict[str, Any]]:
+    """Restore a checkpoint's weights (from ``model.keras``), the training model's own heads
+    and the optimizer variables into a built model (``trainer``: the training model, when it
+    is not ``model``) and optimizer; returns the history."""
+    trainer = model if trainer is None else trainer
     model.load_weights(os.path.join(folder, MODEL_FILE))
-    optimizer.build(model.trainable_variables)
+    optimizer.build(trainer.trainable_variables)
     with np.load(os.path.join(folder, STATE_FILE)) as state:
+        for i, var in enumerate(training_heads(model, trainer)):
+            var.assign(state[f"h{i}"])
         for i, var in enumerate(optimizer.variables):
             var.assign(state[f"o{i}"])
     return read_history(folder)

@@ -11,6 +11,10 @@ with a sigmoid gives the mass probability.
 Layer names: ``enc{i}_conv{j}``, ``enc{i}_drop``, ``enc{i}_pool``, ``dec{i}_up``,
 ``dec{i}_concat``, ``dec{i}_conv{j}``, ``dec{i}_drop``, ``head``.
 
+Deep supervision (``model.deep_supervision: k``, training only): :func:`training_model` adds
+a 1x1 sigmoid head ``aux{i}`` on decoder level i = 1..k (1/2**i of the input side) to the same
+layers; the model that is saved and predicts keeps the one output ``head``.
+
 The seed study's model (1024 x 1024 x 1, 7 levels, 64 base filters) has 497,668,417 trainable
 parameters; the standard 5-level, 64-filter U-Net has 31,030,593.
 """
@@ -89,6 +93,26 @@ def build_unet(cfg: ModelConfig, size: int):
     # The head stays float32 under mixed precision: a sigmoid in float16 saturates.
     outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="head")(x)
     return keras.Model(inputs, outputs, name=f"unet{cfg.levels}_{cfg.base_filters}")
+
+
+def _block_output(model, name: str):
+    """The output tensor of a level's block: its dropout, or its second activation."""
+    names = {layer.name for layer in model.layers}
+    return model.get_layer(f"{name}_drop" if f"{name}_drop" in names else f"{name}_relu2").output
+
+
+def training_model(model, cfg: ModelConfig):
+    """The model the training steps call: ``model`` itself, or with ``cfg.deep_supervision``
+    a model of the same layers whose outputs are [``head``, ``aux1``, ..., ``aux{k}``] (the
+    auxiliary heads' weights belong to it alone)."""
+    if not cfg.deep_supervision:
+        return model
+    import keras
+    from keras import layers
+
+    aux = [layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name=f"aux{i}")(
+        _block_output(model, f"dec{i}")) for i in range(1, cfg.deep_supervision + 1)]
+    return keras.Model(model.inputs, [model.outputs[0], *aux], name=f"{model.name}_deep")
 
 
 def count_trainable(model) -> int:

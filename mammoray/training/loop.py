@@ -67,6 +67,11 @@ class Replica:
     all_reduce: Any   # np vector -> the element-wise sum over all workers
     segmenter: Any    # whole validation images -> probabilities, as prediction computes them
     loss_fn: Any
+    trainer: Any = None  # what train_step calls: model, or it with deep supervision's heads
+
+    def __post_init__(self) -> None:
+        if self.trainer is None:
+            self.trainer = self.model
 
     @property
     def adam(self):
@@ -85,11 +90,11 @@ class Replica:
         """Swap the model's trainable weights with the optimizer's moving averages of them
         (``train.ema_momentum``; Keras' ``use_ema``), one variable at a time, on every replica
         (an assignment outside ``strategy.run`` writes all of them). The averages are where
-        keras.callbacks.SwapEMAWeights finds them; the optimizer was built on the model's
-        trainable variables, in their order."""
+        keras.callbacks.SwapEMAWeights finds them; the optimizer was built on the training
+        model's trainable variables, in their order."""
         import keras
 
-        for var, average in zip(self.model.trainable_variables,
+        for var, average in zip(self.trainer.trainable_variables,
                                 self.adam._model_variables_moving_average, strict=True):
             trained = keras.ops.convert_to_numpy(var)
             var.assign(keras.ops.convert_to_numpy(average))
@@ -116,10 +121,10 @@ def build_replica(cfg, size: int) -> Replica:
     import keras
     import tensorflow as tf
 
-    from mammoray.model.losses import LOSSES
+    from mammoray.model.losses import LOSSES, deep_supervision_loss
     from mammoray.model.metrics import sums_tf
     from mammoray.model.runtime import precision_policy
-    from mammoray.model.unet import build_unet
+    from mammoray.model.unet import build_unet, training_model
     from mammoray.model.window import Segmenter
 
     tcfg = cfg.train
@@ -130,23 +135,26 @@ def build_replica(cfg, size: int) -> Replica:
     keras.utils.set_random_seed(tcfg.seed)
     with strategy.scope():
         model = build_unet(cfg.model, tcfg.patch_size or size)
+        trainer = training_model(model, cfg.model)
         optimizer = keras.optimizers.Adam(tcfg.learning_rate, use_ema=tcfg.ema_momentum > 0,
                                           ema_momentum=tcfg.ema_momentum or 0.99)
         if mixed:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     loss_fn = LOSSES[tcfg.loss]
+    heads = cfg.model.deep_supervision
+    train_loss = deep_supervision_loss(loss_fn, heads) if heads else loss_fn
 
     @tf.function
     def train_step(x, y):
         with tf.GradientTape() as tape:
-            prob = model(x, training=True)
-            loss = loss_fn(y, prob)
+            out = trainer(x, training=True)
+            loss = train_loss(y, out)
             scaled = loss / strategy.num_replicas_in_sync
             if mixed:
                 scaled = optimizer.scale_loss(scaled)
-        grads = tape.gradient(scaled, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return tf.concat([[loss], sums_tf(y, prob)], axis=0)
+        grads = tape.gradient(scaled, trainer.trainable_variables)
+        optimizer.apply_gradients(zip(grads, trainer.trainable_variables))
+        return tf.concat([[loss], sums_tf(y, out[0] if heads else out)], axis=0)
 
     @tf.function
     def eval_step(x, y):
@@ -163,7 +171,7 @@ def build_replica(cfg, size: int) -> Replica:
         return _all_reduce(tf.constant(vector, tf.float32)).numpy().astype(np.float64)
 
     return Replica(model, optimizer, strategy, train_step, eval_step, all_reduce,
-                   Segmenter(model, cfg, size), loss_fn)
+                   Segmenter(model, cfg, size), loss_fn, trainer)
 
 
 def restore(replica: Replica) -> list[dict[str, Any]]:
@@ -184,7 +192,7 @@ def restore(replica: Replica) -> list[dict[str, Any]]:
 def restore_from(replica: Replica, folder: str) -> list[dict[str, Any]]:
     """``restore`` from a checkpoint folder."""
     with replica.strategy.scope():
-        history = ckpt.load_state(folder, replica.model, replica.optimizer)
+        history = ckpt.load_state(folder, replica.model, replica.optimizer, replica.trainer)
     if replica.ema:
         replica.swap_average()
     return history
@@ -329,7 +337,8 @@ def report_epoch(replica: Replica, metrics: dict[str, Any], history: list[dict[s
     with tempfile.TemporaryDirectory() as folder:
         ckpt.write_checkpoint(folder, replica.model, config["config"], size,
                               config.get("preprocessing"))
-        ckpt.save_state(folder, replica.optimizer, history)
+        ckpt.save_state(folder, replica.optimizer, history,
+                        ckpt.training_heads(replica.model, replica.trainer))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 

@@ -147,3 +147,48 @@ def test_mass_dice_loss_weighs_each_mass_image_alike():
     assert float(LOSSES["bce_mass_dice"](truth, prob) - LOSSES["bce"](truth, prob)) == (
         pytest.approx(((1 - 1 / 2) + (1 - 5 / 7)) / 2))
     assert float(LOSSES["dice"](truth, prob)) == pytest.approx(1 - 5 / 8)
+
+
+def test_mass_tversky_loss_weighs_a_missed_mass_pixel_more_than_a_false_one():
+    def tversky_part(truth, prob):
+        return float(LOSSES["bce_mass_tversky"](truth, prob) - LOSSES["bce"](truth, prob))
+
+    # T/P: 2 pixels right, 1 missed, 1 false: 1 - (2 + 1) / (2 + 0.7 x 1 + 0.3 x 1 + 1).
+    assert tversky_part(stack(T), stack(P)) == pytest.approx(1 - 3 / 4)
+    # The same two errors apart: 2 of T's 3 pixels missed, or T found with 2 false pixels.
+    under = np.zeros_like(T)
+    under[0, 0] = 1.0
+    over = T.copy()
+    over[np.argwhere(T == 0)[:2, 0], np.argwhere(T == 0)[:2, 1]] = 1.0
+    assert under.sum() == 1 and (under * T).sum() == 1 and over.sum() == 5
+    assert tversky_part(stack(T), stack(under)) == pytest.approx(1 - 2 / (1 + 0.7 * 2 + 1))
+    assert tversky_part(stack(T), stack(over)) == pytest.approx(1 - 4 / (3 + 0.3 * 2 + 1))
+    # An image without a mass stays out of the term, as in bce_mass_dice.
+    stray = EMPTY.copy()
+    stray[0, 0] = 1.0
+    assert tversky_part(stack(T, EMPTY), stack(P, stray)) == pytest.approx(1 - 3 / 4)
+
+
+def test_deep_supervision_loss_scores_each_head_against_the_averaged_mask():
+    import tensorflow as tf
+
+    from mammoray.model.losses import deep_supervision_loss
+
+    truth = np.zeros((4, 4), np.float32)
+    truth[:2, :2] = 1.0
+    truth[3, 3] = 1.0   # a quarter of the bottom-right 2 x 2 block
+    coarse = np.array([[1, 0], [0, 0]], np.float32)
+    loss = deep_supervision_loss(LOSSES["dice"], 1)
+    # Full size exact: Dice loss 0. Half size: truth [[1, 0], [0, 1/4]] against [[1, 0], [0,
+    # 0]]: 1 - (2 x 1 + 1) / (1.25 + 1 + 1). Weights 1 and 1/2, over 1.5.
+    got = float(loss(tf.constant(stack(truth)), [tf.constant(stack(truth)),
+                                                 tf.constant(stack(coarse))]))
+    assert got == pytest.approx((0.5 * (1 - 3 / 3.25)) / 1.5, rel=1e-6)
+    # Two heads: the quarter-size truth is the mean of all 16 pixels, 5 / 16, against 0.
+    two = deep_supervision_loss(LOSSES["dice"], 2)
+    got2 = float(two(tf.constant(stack(truth)), [tf.constant(stack(truth)),
+                                                 tf.constant(stack(coarse)),
+                                                 tf.constant(stack(np.zeros((1, 1),
+                                                                             np.float32)))]))
+    quarter = 1 - 1 / (5 / 16 + 0 + 1)
+    assert got2 == pytest.approx((0.5 * (1 - 3 / 3.25) + 0.25 * quarter) / 1.75, rel=1e-6)

@@ -169,3 +169,49 @@ def test_the_moving_average_is_validated_checkpointed_and_restored(tmp_path):
         r.strategy.run(r.train_step, args=(x, y))
     for got, want in zip(weights(fresh), weights(replica)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_deep_supervision_trains_extra_heads_that_checkpoints_restore_and_the_model_omits(
+        tmp_path):
+    """model.deep_supervision 1: the training steps call a model with a second, half-size
+    head; the saved model has the one full-size output; a checkpoint restores the head's
+    weights and Adam's moments for it (one more step moves a restored replica as the
+    original)."""
+    import keras
+    import tensorflow as tf
+
+    from mammoray.model import checkpoint as ckpt
+    from mammoray.training.loop import build_replica, restore_from
+
+    size = 16
+    cfg = config_from_dict({"model": {"levels": 3, "base_filters": 4, "deep_supervision": 1},
+                            "train": {"batch_size": 2, "loss": "bce_mass_dice",
+                                      "learning_rate": 0.01}})
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.random((2, size, size, 1), np.float32))
+    y = tf.constant((rng.random((2, size, size, 1)) > 0.7).astype(np.float32))
+    replica = build_replica(cfg, size)
+    heads = ckpt.training_heads(replica.model, replica.trainer)
+    assert [tuple(v.shape) for v in heads] == [(1, 1, 8, 1), (1,)]  # aux1 on 8 filters
+    assert [tuple(o.shape) for o in replica.trainer.outputs] == [(None, 16, 16, 1),
+                                                                 (None, 8, 8, 1)]
+    before = [v.numpy().copy() for v in heads]
+    for _ in range(2):
+        replica.strategy.run(replica.train_step, args=(x, y))
+    assert all(np.abs(v.numpy() - b).max() > 0 for v, b in zip(heads, before))
+    ckpt.write_checkpoint(str(tmp_path), replica.model, cfg.to_dict(), size, None)
+    ckpt.save_state(str(tmp_path), replica.optimizer, [{"epoch": 1}], heads)
+    saved = keras.models.load_model(str(tmp_path / "model.keras"), compile=False)
+    assert [tuple(o.shape) for o in saved.outputs] == [(None, 16, 16, 1)]
+    fresh = build_replica(cfg, size)
+    assert restore_from(fresh, str(tmp_path)) == [{"epoch": 1}]
+    for got, want in zip(fresh.trainer.weights, replica.trainer.weights, strict=True):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    for r in (replica, fresh):
+        r.strategy.run(r.train_step, args=(x, y))
+    for got, want in zip(fresh.trainer.trainable_variables,
+                         replica.trainer.trainable_variables, strict=True):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ConfigError, match="model.deep_supervision: 2 heads need that many "
+                                          "decoder levels below the top; 3 levels allow 0 to 1"):
+        config_from_dict({"model": {"levels": 3, "deep_supervision": 2}})
