@@ -24,9 +24,9 @@ def data(tmp_path_factory, local_ray):
     return base
 
 
-def train_cfg(base, output, **train):
+def train_cfg(base, output, model=None, **train):
     return config_from_dict({
-        "model": {"levels": 3, "base_filters": 8},
+        "model": {"levels": 3, "base_filters": 8, **(model or {})},
         "train": {"data": str(base / "ds"), "output": str(output), "epochs": 3,
                   "batch_size": 2, "num_workers": 2, "learning_rate": 0.003, "loss": "bce",
                   **train}})
@@ -179,14 +179,20 @@ def test_a_killed_worker_recovers_from_the_checkpoint(data, monkeypatch, tmp_pat
                                                 "dir": str(fault), "epoch": 2, "rank": 1}]))
     out = data / "crash"
     # With a moving average of the weights: the restarted workers restore the trained weights
-    # and the average from the checkpoint (swapped in it: see loop.restore).
-    summary = run_training(train_cfg(data, out, max_failures=1, ema_momentum=0.9),
-                           log=lambda _: None)
+    # and the average from the checkpoint (swapped in it: see loop.restore); and with deep
+    # supervision, whose extra head comes back from the optimizer state.
+    summary = run_training(train_cfg(data, out, model={"deep_supervision": 1}, max_failures=1,
+                                     ema_momentum=0.9), log=lambda _: None)
     # Worker 1 reached epoch 2 twice: it died there once, then the restarted group resumed
     # from epoch 1's checkpoint and went on.
     assert sorted(os.listdir(fault)) == ["arrival-1", "arrival-2", "fired"]
     assert [int(r["epoch"]) for r in history(out)] == [1, 2, 3]
     assert summary["epochs"] == 3
+    import keras
+
+    best = keras.models.load_model(os.path.join(out, "best", "model.keras"), compile=False)
+    assert [tuple(o.shape) for o in best.outputs] == [(None, SIZE, SIZE, 1)]
+    assert not any(layer.name.startswith("aux") for layer in best.layers)
 
 
 def test_model_that_does_not_fit_the_data(data):
