@@ -2,9 +2,10 @@
 
 ``iou`` = 1 - soft IoU (the seed study's), ``dice`` = 1 - soft Dice, ``bce`` = binary
 cross-entropy (mean over pixels), ``bce_dice`` = BCE + soft Dice loss, ``bce_mass_dice`` =
-BCE + the mean soft Dice loss of the batch's images with a mass, ``bce_mass_tversky`` = the same
-with the Tversky index in place of Dice (a missed mass pixel weighs 0.7, a false one 0.3). Masks and predictions are
-(N, H, W, 1); truth is 0/1, predictions are the model's sigmoid probabilities.
+BCE + the mean soft Dice loss of the batch's images with a mass, ``bce_mass_tversky`` = the
+same with the Tversky index in place of Dice (a missed mass pixel weighs 0.7, a false one 0.3).
+Masks and predictions are (N, H, W, 1); truth is 0/1, predictions are the model's sigmoid
+probabilities.
 
 The soft overlaps of ``iou``, ``dice`` and ``bce_dice`` are pooled over all pixels of the
 batch, not averaged per image: per image, every image without a mass rewards an all-empty

@@ -67,11 +67,7 @@ class Replica:
     all_reduce: Any   # np vector -> the element-wise sum over all workers
     segmenter: Any    # whole validation images -> probabilities, as prediction computes them
     loss_fn: Any
-    trainer: Any = None  # what train_step calls: model, or it with deep supervision's heads
-
-    def __post_init__(self) -> None:
-        if self.trainer is None:
-            self.trainer = self.model
+    trainer: Any      # what train_step calls: model, or it with deep supervision's heads
 
     @property
     def adam(self):
