@@ -300,6 +300,7 @@ class DataConfig:
 
 LOSS_NAMES = ("iou", "dice", "bce", "bce_dice", "bce_mass_dice", "bce_mass_tversky")
 AUGMENT_GEOMETRIES = ("d4", "chest_wall")
+DEFAULT_ZOOM = [0.9, 1.1]
 
 
 @dataclass(frozen=True)
@@ -415,13 +416,22 @@ class TrainConfig:
         "d4", "the flips and turns of patch_augment and image_augment: d4 = one of the "
         "square's 8 symmetries; chest_wall = the ones a mammogram can take with its chest wall "
         "kept on the left, as preprocessing puts it: an up-down mirror, and with probability "
-        "1/2 a turn of up to 10 degrees and a zoom of 0.9-1.1", choices=AUGMENT_GEOMETRIES)
+        "1/2 a turn of up to 10 degrees and a zoom (train.augment_zoom)",
+        choices=AUGMENT_GEOMETRIES)
+    augment_zoom: list[float] = option(
+        DEFAULT_ZOOM, "chest_wall: [low, high] of the zoom drawn with the turn (1 = none; a low "
+        "of 1 never makes a mass smaller); d4 has no zoom", min=0.5, max=2.0)
 
     def check(self, prefix: str) -> None:
         if self.patch_size and self.image_augment:
             raise ConfigError(f"{prefix}.image_augment: augments whole images, but "
                               f"{prefix}.patch_size is {self.patch_size} (patch training); "
                               f"patches are augmented by {prefix}.patch_augment")
+        _check_range(f"{prefix}.augment_zoom", self.augment_zoom)
+        if self.augment_geometry == "d4" and self.augment_zoom != DEFAULT_ZOOM:
+            raise ConfigError(f"{prefix}.augment_zoom: {self.augment_zoom} is a zoom of "
+                              f"augment_geometry chest_wall; {prefix}.augment_geometry is d4 "
+                              f"(the square's 8 symmetries, no zoom)")
         if self.patch_size and self.batch_size % self.patches_per_image:
             raise ConfigError(f"{prefix}.batch_size: {self.batch_size} patches per step is not "
                               f"a multiple of {prefix}.patches_per_image "

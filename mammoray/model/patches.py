@@ -69,15 +69,15 @@ def draw_patch(image: np.ndarray, mask: np.ndarray, patch: int, foreground_fract
     return Patch(*place_patch(centre, (height, width), patch), foreground=foreground)
 
 
-def augmenter(seed: int, geometry: str = "d4"):
+def augmenter(seed: int, geometry: str = "d4", zoom: tuple[float, float] = (0.9, 1.1)):
     """The on-the-fly augmentation of patches (``train.patch_augment``) and of whole images
     (``train.image_augment``): a flip or turn (``train.augment_geometry``), and brightness and
     contrast changed by up to 10% (on float32 images in [0, 1], albumentations' range).
 
     ``d4``: one of the square's 8 symmetries. ``chest_wall``: only what keeps the chest wall on
     the left, where preprocessing puts it: an up-down mirror (p = 1/2), and with p = 1/2 a turn
-    of up to 10 degrees and a zoom of 0.9-1.1 about the centre (the mask nearest-neighbour,
-    uncovered corners 0, the background's value)."""
+    of up to 10 degrees and a zoom drawn from ``zoom`` (``train.augment_zoom``) about the
+    centre (the mask nearest-neighbour, uncovered corners 0, the background's value)."""
     import albumentations as A
     import cv2
 
@@ -85,7 +85,7 @@ def augmenter(seed: int, geometry: str = "d4"):
         shape = [A.D4(p=1.0)]
     elif geometry == "chest_wall":
         shape = [A.VerticalFlip(p=0.5),
-                 A.Affine(scale=(0.9, 1.1), rotate=(-10, 10), interpolation=cv2.INTER_LINEAR,
+                 A.Affine(scale=tuple(zoom), rotate=(-10, 10), interpolation=cv2.INTER_LINEAR,
                           mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT,
                           fill=0, fill_mask=0, p=0.5)]
     else:
@@ -110,10 +110,11 @@ class PatchSampler:
     """Batches of patches from batches of decoded rows, for one worker."""
 
     def __init__(self, patch: int, foreground_fraction: float, per_image: int, *,
-                 augment: bool, seed: int, geometry: str = "d4") -> None:
+                 augment: bool, seed: int, geometry: str = "d4",
+                 zoom: tuple[float, float] = (0.9, 1.1)) -> None:
         self.patch, self.foreground_fraction, self.per_image = patch, foreground_fraction, per_image
         self.rng = np.random.default_rng(seed)
-        self.augment = augmenter(seed, geometry) if augment else None
+        self.augment = augmenter(seed, geometry, zoom) if augment else None
         self.drawn = self.foreground = 0
 
     def __call__(self, images: np.ndarray,

@@ -38,6 +38,13 @@ def test_overrides_win_and_none_is_skipped():
     ({"train": {"loss": "focal"}}, "train.loss: 'focal' is not allowed; choose one of"),
     ({"train": {"learning_rate": 0}}, "train.learning_rate: 0.0 is out of range"),
     ({"train": {"mass_repeat": 0}}, "train.mass_repeat: 0 is out of range; allowed 1 to 64"),
+    ({"train": {"augment_geometry": "chest_wall", "augment_zoom": [1.1, 1.0]}},
+     "train.augment_zoom: give [low, high] with low <= high, got [1.1, 1.0]"),
+    ({"train": {"augment_geometry": "chest_wall", "augment_zoom": [0.4, 1.0]}},
+     "train.augment_zoom[0]: 0.4 is out of range; allowed 0.5 to 2.0"),
+    ({"train": {"augment_zoom": [1.0, 1.1]}},
+     "train.augment_zoom: [1.0, 1.1] is a zoom of augment_geometry chest_wall; "
+     "train.augment_geometry is d4 (the square's 8 symmetries, no zoom)"),
     ({"data": {"size": 8}}, "data.size: 8 is out of range; allowed 16 to 8192"),
     ({"data": {"size": "big"}}, "data.size: expected an integer, got 'big'"),
     ({"data": {"size": 256.0}}, "data.size: expected an integer"),

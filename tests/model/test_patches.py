@@ -169,3 +169,24 @@ def test_chest_wall_augmentation_keeps_the_chest_wall_on_the_left():
     assert 0.4 < shares["turned"] < 0.6
     with pytest.raises(ValueError, match="augment geometry 'd8': expected one of d4, chest_wall"):
         augmenter(0, "d8")
+
+
+@pytest.mark.parametrize("zoom", [0.8, 1.0, 1.25])
+def test_chest_wall_zoom_is_the_configured_one(zoom):
+    """``train.augment_zoom`` sets the zoom of the chest-wall turn: with a fixed zoom z every
+    turned draw scales the mass's area by z squared (within the nearest-neighbour rounding of
+    a turn of up to 10 degrees), so [1, high] never makes a mass smaller."""
+    from mammoray.model.inputs import to_model_input
+
+    image = np.full((64, 64), 2000, np.uint16)
+    image[24:36, 12:28] = 60000  # 192 px, inside the frame at every zoom and turn here
+    mask = (image == 60000).astype(np.uint8)
+    x0, y0 = to_model_input(image), mask[None, ..., None].astype(np.float32)
+    transform, ratios = augmenter(4, "chest_wall", (zoom, zoom)), []
+    for _ in range(120):
+        _, y = augment_batch(transform, x0.copy(), y0.copy())
+        m = y[0, ..., 0].astype(np.uint8)
+        if not (np.array_equal(m, mask) or np.array_equal(m, mask[::-1])):
+            ratios.append(m.sum() / mask.sum())
+    assert len(ratios) > 30  # about half of the draws turn
+    assert np.allclose(ratios, zoom ** 2, rtol=0.08), (min(ratios), max(ratios))

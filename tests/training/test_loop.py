@@ -121,6 +121,19 @@ def test_the_epochs_whole_images_are_augmented_only_with_image_augment():
     assert all(np.nonzero(m[..., 0])[1].mean() > 9 for m in ys)
     assert any(np.array_equal(m, stored_y[0][::-1]) for m in ys)
 
+    # train.augment_zoom reaches them too, for whole images and patches alike: at a zoom of
+    # 1.5 a turned 15-px mass covers about 34 px (at most about 18 with the default 0.9-1.1).
+    centred = np.zeros((16, 16), np.uint8)
+    centred[6:9, 6:11] = 1  # inside the frame at that zoom
+    batch = {"image": np.array([np.where(centred, 60000, 2000).astype(np.uint16).tobytes()] * 8,
+                               object), "mask": np.array([centred.tobytes()] * 8, object)}
+    for extra in ({"image_augment": True}, {"patch_size": 16, "foreground_fraction": 1.0}):
+        tcfg = config_from_dict({"train": {"batch_size": 8, "augment_geometry": "chest_wall",
+                                           "augment_zoom": [1.5, 1.5], **extra}}).train
+        ys = np.concatenate([batch_inputs(tcfg, 16, epoch=e)[1](batch)[1] for e in range(4)])
+        areas = ys.sum(axis=(1, 2, 3))
+        assert set(areas[areas != 15]) and all(28 <= a <= 40 for a in areas if a != 15), extra
+
 
 def test_the_moving_average_is_validated_checkpointed_and_restored(tmp_path):
     """train.ema_momentum 0.5: after three steps the average is w1 / 4 + w2 / 4 + w3 / 2 (the
