@@ -10,7 +10,8 @@ the config's data section (laptop.yaml: 256 px; laptop-patches.yaml: 512 px) and
 ``run_training`` (start-up included) to the end of each epoch, and when the target was first
 reached. Then it predicts the validation split with the best checkpoint and breaks the Dice down
 by mass area and by visibility (the mass's contrast-to-noise against the tissue around it in the
-preprocessed image), which shows which masses the model misses. The best checkpoint predicts
+preprocessed image), which shows which masses the model misses, and does the same on the
+training images: where the two differ the model has not generalised. The best checkpoint predicts
 as jobs.evaluate does (whole images, or the sliding window of a patch-trained model); mass
 areas are counted at the 256-px scale (area x (256 / size)^2) so that the bins mean the same
 masses at any resolution. The same patients and split for every config (the split depends on
@@ -52,8 +53,9 @@ def visibility(image: np.ndarray, mask: np.ndarray) -> float:
     return float((inside.mean() - around.mean()) / max(around.std(), 1e-6))
 
 
-def breakdown(best: str, data: str) -> dict:
-    """Validation Dice of the best checkpoint by the mass's size and measured visibility."""
+def breakdown(best: str, data: str, split: str = "val") -> dict:
+    """Dice of the best checkpoint on a split's images with a mass, by the mass's size and
+    measured visibility, and over all of them."""
     import pyarrow.parquet as pq
 
     from mammoray.model.inputs import decode_rows, predict_probabilities
@@ -63,7 +65,7 @@ def breakdown(best: str, data: str) -> dict:
     segmenter, _, size = segmenter_of(best)
     table = pq.read_table(glob.glob(os.path.join(data, "data", "*.parquet")),
                           columns=["image", "mask", "split"]).to_pydict()
-    keep = [i for i, s in enumerate(table["split"]) if s == "val"]
+    keep = [i for i, s in enumerate(table["split"]) if s == split]
     x, y = decode_rows([table["image"][i] for i in keep], [table["mask"][i] for i in keep],
                        size)
     prob = np.concatenate([predict_probabilities(segmenter, x[i:i + 4])
@@ -77,7 +79,7 @@ def breakdown(best: str, data: str) -> dict:
         dice = dices[j]
         area = float(parts["truth"][j]) * (256.0 / size) ** 2  # at the 256-px scale
         cnr = visibility(x[j, ..., 0], y[j, ..., 0].astype(np.uint8))
-        for key in (f"area {'< 100 px' if area < 100 else '100-400 px' if area < 400 else '>= 400 px'}",
+        for key in ("all", f"area {'< 100 px' if area < 100 else '100-400 px' if area < 400 else '>= 400 px'}",
                     f"visibility {'< 0.5' if cnr < 0.5 else '0.5-1.5' if cnr < 1.5 else '>= 1.5'}"):
             groups.setdefault(key, []).append(float(dice))
     return {k: {"images": len(v), "mean_dice": float(np.mean(v))}
@@ -146,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
               "best_in_budget": best_in_budget, "best_overall": best_all,
               "target_dice": args.target_dice, "budget_minutes": args.budget_minutes,
               "target_reached_at": reached,
-              "breakdown": breakdown(os.path.join(out, "best"), data)}
+              "breakdown": breakdown(os.path.join(out, "best"), data),
+              "train_breakdown": breakdown(os.path.join(out, "best"), data, "train")}
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as fh:
         json.dump(result, fh, indent=2)
@@ -165,11 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"target {args.target_dice}: " + (f"reached at epoch {reached['epoch']}, "
                                              f"{reached['minutes']:.1f} min" if reached
                                              else "not reached"))
-    print("validation Dice of the best checkpoint by mass area (pixels at 256-px scale) and "
-          "visibility "
-          "(contrast-to-noise against a ring around the mass):")
+    print("Dice of the best checkpoint by mass area (pixels at 256-px scale) and visibility "
+          "(contrast-to-noise against a ring around the mass), on the validation images and on "
+          "the training images (not augmented): the gap between the two is what does not "
+          "carry over to new patients")
+    print(f"  {'':20} {'val images':>10} {'Dice':>6} {'train images':>13} {'Dice':>6}")
+    trained = result["train_breakdown"]
     for k, v in result["breakdown"].items():
-        print(f"  {k:20} {v['images']:3d} images  Dice {v['mean_dice']:.3f}")
+        t = trained.get(k, {"images": 0, "mean_dice": float("nan")})
+        print(f"  {k:20} {v['images']:10d} {v['mean_dice']:6.3f} {t['images']:13d} "
+              f"{t['mean_dice']:6.3f}")
     return 0
 
 
