@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mammoray.core.config import AUGMENT_GEOMETRIES
+from mammoray.core.config import AUGMENT_GEOMETRIES, DEFAULT_ZOOM
 from mammoray.model.inputs import to_model_input
 
 
@@ -69,7 +69,7 @@ def draw_patch(image: np.ndarray, mask: np.ndarray, patch: int, foreground_fract
     return Patch(*place_patch(centre, (height, width), patch), foreground=foreground)
 
 
-def augmenter(seed: int, geometry: str = "d4", zoom: tuple[float, float] = (0.9, 1.1)):
+def augmenter(seed: int, geometry: str = "d4", zoom: tuple[float, float] = tuple(DEFAULT_ZOOM)):
     """The on-the-fly augmentation of patches (``train.patch_augment``) and of whole images
     (``train.image_augment``): a flip or turn (``train.augment_geometry``), and brightness and
     contrast changed by up to 10% (on float32 images in [0, 1], albumentations' range).
@@ -111,7 +111,7 @@ class PatchSampler:
 
     def __init__(self, patch: int, foreground_fraction: float, per_image: int, *,
                  augment: bool, seed: int, geometry: str = "d4",
-                 zoom: tuple[float, float] = (0.9, 1.1)) -> None:
+                 zoom: tuple[float, float] = tuple(DEFAULT_ZOOM)) -> None:
         self.patch, self.foreground_fraction, self.per_image = patch, foreground_fraction, per_image
         self.rng = np.random.default_rng(seed)
         self.augment = augmenter(seed, geometry, zoom) if augment else None
