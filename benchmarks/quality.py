@@ -53,9 +53,10 @@ def visibility(image: np.ndarray, mask: np.ndarray) -> float:
     return float((inside.mean() - around.mean()) / max(around.std(), 1e-6))
 
 
-def breakdown(best: str, data: str, split: str = "val") -> dict:
-    """Dice of the best checkpoint on a split's images with a mass, by the mass's size and
-    measured visibility, and over all of them."""
+def breakdown(best: str, data: str, splits: tuple[str, ...] = ("val", "train")) -> dict:
+    """Dice of the best checkpoint on each split's images with a mass, by the mass's size and
+    measured visibility, and over all of them: {split: {group: {images, mean_dice}}}. The
+    checkpoint is loaded and the dataset read once for all the splits."""
     import pyarrow.parquet as pq
 
     from mammoray.model.inputs import decode_rows, predict_probabilities
@@ -65,25 +66,28 @@ def breakdown(best: str, data: str, split: str = "val") -> dict:
     segmenter, _, size = segmenter_of(best)
     table = pq.read_table(glob.glob(os.path.join(data, "data", "*.parquet")),
                           columns=["image", "mask", "split"]).to_pydict()
-    keep = [i for i, s in enumerate(table["split"]) if s == split]
-    x, y = decode_rows([table["image"][i] for i in keep], [table["mask"][i] for i in keep],
-                       size)
-    prob = np.concatenate([predict_probabilities(segmenter, x[i:i + 4])
-                           for i in range(0, len(x), 4)])
-    parts = counts_np(y, prob)
-    dices, _ = overlap_np(parts["inter"], parts["truth"], parts["pred"])
-    groups: dict[str, list[float]] = {}
-    for j in range(len(keep)):
-        if parts["truth"][j] == 0:
-            continue
-        dice = dices[j]
-        area = float(parts["truth"][j]) * (256.0 / size) ** 2  # at the 256-px scale
-        cnr = visibility(x[j, ..., 0], y[j, ..., 0].astype(np.uint8))
-        for key in ("all", f"area {'< 100 px' if area < 100 else '100-400 px' if area < 400 else '>= 400 px'}",
-                    f"visibility {'< 0.5' if cnr < 0.5 else '0.5-1.5' if cnr < 1.5 else '>= 1.5'}"):
-            groups.setdefault(key, []).append(float(dice))
-    return {k: {"images": len(v), "mean_dice": float(np.mean(v))}
-            for k, v in sorted(groups.items())}
+    result = {}
+    for split in splits:
+        keep = [i for i, s in enumerate(table["split"]) if s == split]
+        x, y = decode_rows([table["image"][i] for i in keep],
+                           [table["mask"][i] for i in keep], size)
+        prob = np.concatenate([predict_probabilities(segmenter, x[i:i + 4])
+                               for i in range(0, len(x), 4)])
+        parts = counts_np(y, prob)
+        dices, _ = overlap_np(parts["inter"], parts["truth"], parts["pred"])
+        groups: dict[str, list[float]] = {}
+        for j in range(len(keep)):
+            if parts["truth"][j] == 0:
+                continue
+            area = float(parts["truth"][j]) * (256.0 / size) ** 2  # at the 256-px scale
+            cnr = visibility(x[j, ..., 0], y[j, ..., 0].astype(np.uint8))
+            area_bin = "< 100 px" if area < 100 else "100-400 px" if area < 400 else ">= 400 px"
+            cnr_bin = "< 0.5" if cnr < 0.5 else "0.5-1.5" if cnr < 1.5 else ">= 1.5"
+            for key in ("all", f"area {area_bin}", f"visibility {cnr_bin}"):
+                groups.setdefault(key, []).append(float(dices[j]))
+        result[split] = {k: {"images": len(v), "mean_dice": float(np.mean(v))}
+                         for k, v in sorted(groups.items())}
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,14 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     best_all = max(curve, key=lambda c: c["val_dice"])
     with open(os.path.join(data, "dataset.json")) as fh:
         splits = json.load(fh)["splits"]
+    by_split = breakdown(os.path.join(out, "best"), data)
     result = {"config": stem, "config_overrides": overrides, "size": cfg.data.size,
               "patch_size": cfg.train.patch_size, "infer": cfg.to_dict()["infer"], "patients": args.patients, "splits": splits,
               "startup_seconds": startup, "total_minutes": total / 60, "curve": curve,
               "best_in_budget": best_in_budget, "best_overall": best_all,
               "target_dice": args.target_dice, "budget_minutes": args.budget_minutes,
               "target_reached_at": reached,
-              "breakdown": breakdown(os.path.join(out, "best"), data),
-              "train_breakdown": breakdown(os.path.join(out, "best"), data, "train")}
+              "breakdown": by_split["val"], "train_breakdown": by_split["train"]}
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as fh:
         json.dump(result, fh, indent=2)
