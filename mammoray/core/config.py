@@ -332,7 +332,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training (``python -m jobs.train``): Ray Train TensorflowTrainer, MultiWorker-
+    """Training (``python -m jobs.train``): Ray Train (TensorFlow set-up), MultiWorker-
     MirroredStrategy, a custom training loop (see ``mammoray.training.loop``)."""
 
     data: str | None = option(None, "preprocessed dataset folder (jobs.preprocess output)")

@@ -1,4 +1,4 @@
-"""The training driver (``python -m jobs.train``): Ray Train's TensorflowTrainer with
+"""The training driver (``python -m jobs.train``): Ray Train (TensorFlow set-up) with
 MultiWorkerMirroredStrategy workers running :func:`mammoray.training.loop.train_loop_per_worker`.
 
 Checkpoints: worker 0 reports a checkpoint (:mod:`mammoray.model.checkpoint`) every
@@ -65,14 +65,18 @@ def check_batches(n_train: int, batch_size: int, num_workers: int, data: str) ->
 def build_trainer(cfg: ExperimentConfig, size: int, preprocessing: dict[str, Any] | None,
                   datasets: dict[str, Any], *, name: str, storage_path: str,
                   callbacks: list[Any] | None = None, live: bool = False):
-    """The TensorflowTrainer of one training run (jobs.train, and each jobs.tune trial):
+    """The Ray Train trainer of one training run (jobs.train, and each jobs.tune trial): a
+    ``DataParallelTrainer`` with TensorFlow's set-up (what ``TensorflowTrainer`` is, without
+    importing TensorFlow here or in the Train controller: see mammoray.training.backend);
     ``train.num_workers`` workers with ``train.cpus_per_worker`` CPUs (and a GPU each with
     ``train.use_gpu``), the "train" dataset split between them, checkpoints kept by
     validation IoU under ``storage_path/name``. ``live``: rank 0 sends what the progress
     callback shows (restored history, validation pictures) and logs to MLflow (jobs.train;
     a search reports through Tune instead)."""
     import ray.train
-    from ray.train.tensorflow import TensorflowTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from mammoray.training.backend import TensorflowBackendConfig
 
     tcfg = cfg.train
     loop_config = {"config": cfg.to_dict(), "size": size, "preprocessing": preprocessing,
@@ -80,8 +84,9 @@ def build_trainer(cfg: ExperimentConfig, size: int, preprocessing: dict[str, Any
     resources = {"CPU": tcfg.cpus_per_worker}
     if tcfg.use_gpu:
         resources["GPU"] = 1
-    return TensorflowTrainer(
+    return DataParallelTrainer(
         train_loop_per_worker,
+        backend_config=TensorflowBackendConfig(),
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=tcfg.num_workers,
                                                use_gpu=tcfg.use_gpu,

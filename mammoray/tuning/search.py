@@ -2,7 +2,7 @@
 learning rate (``python -m jobs.tune``).
 
 Shape of a search (Ray 2.60 runs Ray Train V2, where a ``Tuner`` cannot take a trainer):
-- each Tune trial is a function trainable that builds the same ``TensorflowTrainer`` as
+- each Tune trial is a function trainable that builds the same Ray Train trainer as
   ``jobs.train`` (``mammoray.training.trainer.build_trainer``: its own workers, CPU or GPU per
   the config) and calls ``fit()``; ``TuneReportCallback`` forwards every epoch's metrics to Tune;
 - the trial's own driver holds no CPU, only ``tune.trial_memory_mb`` of memory (a CPU-less
