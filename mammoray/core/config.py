@@ -301,6 +301,7 @@ class DataConfig:
 LOSS_NAMES = ("iou", "dice", "bce", "bce_dice", "bce_mass_dice", "bce_mass_tversky")
 AUGMENT_GEOMETRIES = ("d4", "chest_wall")
 DEFAULT_ZOOM = [0.9, 1.1]
+AUGMENT_INTENSITIES = ("light", "strong")
 
 
 @dataclass(frozen=True)
@@ -421,6 +422,11 @@ class TrainConfig:
     augment_zoom: list[float] = option(
         DEFAULT_ZOOM, "chest_wall: [low, high] of the zoom drawn with the turn (1 = none; a low "
         "of 1 never makes a mass smaller); d4 has no zoom", min=0.5, max=2.0)
+    augment_intensity: str = option(
+        "light", "the pixel changes of patch_augment and image_augment: light = brightness and "
+        "contrast by up to 10%; strong = nnU-Net's set: Gaussian noise, Gaussian blur, "
+        "contrast by up to 25%, a lower resolution simulated, gamma 0.7-1.5 (docs/training.md)",
+        choices=AUGMENT_INTENSITIES)
 
     def check(self, prefix: str) -> None:
         if self.patch_size and self.image_augment:
@@ -432,6 +438,12 @@ class TrainConfig:
             raise ConfigError(f"{prefix}.augment_zoom: {self.augment_zoom} is a zoom of "
                               f"augment_geometry chest_wall; {prefix}.augment_geometry is d4 "
                               f"(the square's 8 symmetries, no zoom)")
+        augments = self.patch_augment if self.patch_size else self.image_augment
+        if self.augment_intensity != "light" and not augments:
+            switch = "patch_augment" if self.patch_size else "image_augment"
+            raise ConfigError(f"{prefix}.augment_intensity: {self.augment_intensity} changes "
+                              f"augmented images, but {prefix}.{switch} is false (no "
+                              f"augmentation)")
         if self.patch_size and self.batch_size % self.patches_per_image:
             raise ConfigError(f"{prefix}.batch_size: {self.batch_size} patches per step is not "
                               f"a multiple of {prefix}.patches_per_image "

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mammoray.core.config import AUGMENT_GEOMETRIES, DEFAULT_ZOOM
+from mammoray.core.config import AUGMENT_GEOMETRIES, AUGMENT_INTENSITIES, DEFAULT_ZOOM
 from mammoray.model.inputs import to_model_input
 
 
@@ -69,15 +69,22 @@ def draw_patch(image: np.ndarray, mask: np.ndarray, patch: int, foreground_fract
     return Patch(*place_patch(centre, (height, width), patch), foreground=foreground)
 
 
-def augmenter(seed: int, geometry: str = "d4", zoom: tuple[float, float] = tuple(DEFAULT_ZOOM)):
+def augmenter(seed: int, geometry: str = "d4", zoom: tuple[float, float] = tuple(DEFAULT_ZOOM),
+              intensity: str = "light"):
     """The on-the-fly augmentation of patches (``train.patch_augment``) and of whole images
-    (``train.image_augment``): a flip or turn (``train.augment_geometry``), and brightness and
-    contrast changed by up to 10% (on float32 images in [0, 1], albumentations' range).
+    (``train.image_augment``): a flip or turn (``train.augment_geometry``), then intensity
+    changes (``train.augment_intensity``), on float32 images in [0, 1] (albumentations' range).
 
     ``d4``: one of the square's 8 symmetries. ``chest_wall``: only what keeps the chest wall on
     the left, where preprocessing puts it: an up-down mirror (p = 1/2), and with p = 1/2 a turn
     of up to 10 degrees and a zoom drawn from ``zoom`` (``train.augment_zoom``) about the
-    centre (the mask nearest-neighbour, uncovered corners 0, the background's value)."""
+    centre (the mask nearest-neighbour, uncovered corners 0, the background's value).
+
+    ``light``: brightness and contrast changed by up to 10% (p = 1/2). ``strong``: nnU-Net's
+    intensity set, each with its own probability: Gaussian noise (sigma up to 0.03, p = 0.15),
+    Gaussian blur (sigma 0.5-1, p = 0.2), brightness by up to 10% and contrast by up to 25%
+    (p = 1/2), a resolution of 0.5-1x simulated (down and back up, p = 0.25) and a gamma of
+    0.7-1.5 (p = 0.3). The mask never changes with them."""
     import albumentations as A
     import cv2
 
@@ -91,8 +98,19 @@ def augmenter(seed: int, geometry: str = "d4", zoom: tuple[float, float] = tuple
     else:
         raise ValueError(f"augment geometry {geometry!r}: expected one of "
                          f"{', '.join(AUGMENT_GEOMETRIES)}")
-    return A.Compose(shape + [A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1,
-                                                         p=0.5)], seed=seed)
+    if intensity == "light":
+        pixels = [A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5)]
+    elif intensity == "strong":
+        linear = {"downscale": cv2.INTER_LINEAR, "upscale": cv2.INTER_LINEAR}
+        pixels = [A.GaussNoise(std_range=(0.0, 0.03), p=0.15),
+                  A.GaussianBlur(blur_limit=0, sigma_limit=(0.5, 1.0), p=0.2),
+                  A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.25, p=0.5),
+                  A.Downscale(scale_range=(0.5, 1.0), interpolation_pair=linear, p=0.25),
+                  A.RandomGamma(gamma_limit=(70, 150), p=0.3)]
+    else:
+        raise ValueError(f"augment intensity {intensity!r}: expected one of "
+                         f"{', '.join(AUGMENT_INTENSITIES)}")
+    return A.Compose(shape + pixels, seed=seed)
 
 
 def augment_batch(transform, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,10 +129,11 @@ class PatchSampler:
 
     def __init__(self, patch: int, foreground_fraction: float, per_image: int, *,
                  augment: bool, seed: int, geometry: str = "d4",
-                 zoom: tuple[float, float] = tuple(DEFAULT_ZOOM)) -> None:
+                 zoom: tuple[float, float] = tuple(DEFAULT_ZOOM),
+                 intensity: str = "light") -> None:
         self.patch, self.foreground_fraction, self.per_image = patch, foreground_fraction, per_image
         self.rng = np.random.default_rng(seed)
-        self.augment = augmenter(seed, geometry, zoom) if augment else None
+        self.augment = augmenter(seed, geometry, zoom, intensity) if augment else None
         self.drawn = self.foreground = 0
 
     def __call__(self, images: np.ndarray,

@@ -207,11 +207,12 @@ def batch_inputs(tcfg: TrainConfig, size: int, epoch: int,
     if tcfg.patch_size:
         sampler = PatchSampler(tcfg.patch_size, tcfg.foreground_fraction,
                                tcfg.patches_per_image, augment=tcfg.patch_augment, seed=seed,
-                               geometry=tcfg.augment_geometry, zoom=tcfg.augment_zoom)
+                               geometry=tcfg.augment_geometry, zoom=tcfg.augment_zoom,
+                               intensity=tcfg.augment_intensity)
         return (tcfg.batch_size // tcfg.patches_per_image,
                 lambda batch: sampler(*stored_rows(batch["image"], batch["mask"], size)))
-    transform = (augmenter(seed, tcfg.augment_geometry, tcfg.augment_zoom)
-                 if tcfg.image_augment else None)
+    transform = (augmenter(seed, tcfg.augment_geometry, tcfg.augment_zoom,
+                           tcfg.augment_intensity) if tcfg.image_augment else None)
 
     def whole(batch: dict) -> tuple[np.ndarray, np.ndarray]:
         x, y = decode_rows(batch["image"], batch["mask"], size)

@@ -45,6 +45,11 @@ def test_overrides_win_and_none_is_skipped():
     ({"train": {"augment_zoom": [1.0, 1.1]}},
      "train.augment_zoom: [1.0, 1.1] is a zoom of augment_geometry chest_wall; "
      "train.augment_geometry is d4 (the square's 8 symmetries, no zoom)"),
+    ({"train": {"augment_intensity": "strong"}},
+     "train.augment_intensity: strong changes augmented images, but train.image_augment is "
+     "false (no augmentation)"),
+    ({"train": {"augment_intensity": "heavy", "image_augment": True}},
+     "train.augment_intensity: 'heavy' is not allowed; choose one of"),
     ({"data": {"size": 8}}, "data.size: 8 is out of range; allowed 16 to 8192"),
     ({"data": {"size": "big"}}, "data.size: expected an integer, got 'big'"),
     ({"data": {"size": 256.0}}, "data.size: expected an integer"),
