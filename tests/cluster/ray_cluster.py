@@ -242,30 +242,30 @@ def worker_nodes(logs: str, marker: str = "train: worker rank") -> set[str]:
             if marker in line and " on node " in line}
 
 
-def submit(cluster: SessionCluster, *entrypoint: str) -> str:
-    """`ray job submit --no-wait` from the repository root; returns the submission id."""
-    out = cluster.ray_cli("job", "submit", "--address", cluster.dashboard, "--runtime-env",
-                          os.path.join(REPO, "runtime_env.yaml"), "--no-wait", "--",
-                          *entrypoint, timeout=120)
-    assert out.returncode == 0, out.stdout + out.stderr
-    match = re.search(r"Job '(raysubmit_\w+)' submitted successfully", out.stdout)
-    if match:
-        return match.group(1)
-    raise AssertionError(f"no submission id in:\n{out.stdout}")
-
-
-def wait_job(cluster: SessionCluster, job_id: str, timeout: float = 600) -> tuple[str, str]:
-    """Poll `ray job status` until the job ends; returns (status, `ray job logs`)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        out = cluster.ray_cli("job", "status", "--address", cluster.dashboard, job_id)
-        text = out.stdout + out.stderr
-        for status, phrase in (("SUCCEEDED", "' succeeded"), ("FAILED", "' failed"),
-                               ("STOPPED", "' was stopped")):
-            if f"Job '{job_id}{phrase}" in text:
-                logs = cluster.ray_cli("job", "logs", "--address", cluster.dashboard, job_id)
-                return status, logs.stdout
-        time.sleep(2)
+def run_job(cluster: SessionCluster, *entrypoint: str, timeout: float = 600) -> tuple[str, str]:
+    """`ray job submit` from the repository root, waiting as a user's does: the CLI tails the
+    job's logs until it ends, in one process (polling `ray job status` started a Ray CLI every
+    two seconds, CPU the job itself needed). Returns (SUCCEEDED, FAILED or STOPPED, the CLI's
+    output, which holds the job's logs). Past ``timeout`` the job is stopped and the test
+    fails with its output."""
+    args = [RAY, "job", "submit", "--address", cluster.dashboard, "--runtime-env",
+            os.path.join(REPO, "runtime_env.yaml"), "--", *entrypoint]
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(args, cwd=REPO, env=cluster.env, stdout=out,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        out.seek(0)
+        text = out.read()
+    match = re.search(r"Job '(raysubmit_\w+)' submitted successfully", text)
+    assert match, f"no submission id in:\n{text[-3000:]}"
+    job_id = match.group(1)
+    for status, phrase in (("SUCCEEDED", "' succeeded"), ("FAILED", "' failed"),
+                           ("STOPPED", "' was stopped")):
+        if f"Job '{job_id}{phrase}" in text:
+            return status, text
     cluster.ray_cli("job", "stop", "--address", cluster.dashboard, job_id)
-    logs = cluster.ray_cli("job", "logs", "--address", cluster.dashboard, job_id).stdout
-    raise AssertionError(f"job {job_id} did not finish in {timeout} s:\n{logs[-3000:]}")
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s:\n{text[-3000:]}")

@@ -2,8 +2,8 @@
 
 `ray start --head` (loopback only: node IP 127.0.0.1, dashboard on 127.0.0.1) and a second node
 with `ray start --address`, each in a process session of its own (see ``ray_cluster``); the
-jobs are submitted with the `ray job submit` CLI and followed with `ray job status` /
-`ray job logs`. The head requires a token, as a user's would.
+jobs are submitted with the `ray job submit` CLI, which tails each job's logs until it ends,
+as a user sees them. The head requires a token, as a user's would.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from ray_cluster import TwoNodeCluster, running, submit, wait_job, worker_nodes
+from ray_cluster import TwoNodeCluster, run_job, running, worker_nodes
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -34,9 +34,8 @@ def raw(tmp_path_factory):
 
 def test_preprocess_then_two_node_training_by_job_submit(cluster, raw):
     base = raw
-    job = submit(cluster, "python", "-m", "jobs.preprocess", "--input", str(base / "raw"),
-                 "--output", str(base / "ds"), "--size", "64")
-    status, logs = wait_job(cluster, job)
+    status, logs = run_job(cluster, "python", "-m", "jobs.preprocess", "--input",
+                           str(base / "raw"), "--output", str(base / "ds"), "--size", "64")
     assert status == "SUCCEEDED", logs[-3000:]
     with open(base / "ds" / "dataset.json") as fh:
         info = json.load(fh)
@@ -47,9 +46,8 @@ def test_preprocess_then_two_node_training_by_job_submit(cluster, raw):
     config.write_text("model: {levels: 3, base_filters: 8}\n"
                       "train: {epochs: 2, batch_size: 2, num_workers: 2, cpus_per_worker: 2,"
                       " learning_rate: 0.003, loss: bce, max_failures: 0}\n")
-    job = submit(cluster, "python", "-m", "jobs.train", "--config", str(config), "--data",
-                 str(base / "ds"), "--output", str(base / "train"))
-    status, logs = wait_job(cluster, job)
+    status, logs = run_job(cluster, "python", "-m", "jobs.train", "--config", str(config),
+                           "--data", str(base / "ds"), "--output", str(base / "train"))
     assert status == "SUCCEEDED", logs[-3000:]
     # Two workers of 2 CPUs on two 2-CPU nodes: one per node, so the collective crosses nodes.
     assert len(worker_nodes(logs)) == 2, logs[-3000:]
@@ -61,17 +59,16 @@ def test_preprocess_then_two_node_training_by_job_submit(cluster, raw):
 
     # Evaluation and prediction as jobs: one actor per CPU over both nodes, each loading the
     # checkpoint from the object store.
-    job = submit(cluster, "python", "-m", "jobs.evaluate", "--checkpoint",
-                 str(base / "train" / "best"), "--data", str(base / "ds"), "--split", "train",
-                 "--actors", "4", "--bootstrap", "50", "--output", str(base / "eval"))
-    status, logs = wait_job(cluster, job)
+    status, logs = run_job(cluster, "python", "-m", "jobs.evaluate", "--checkpoint",
+                           str(base / "train" / "best"), "--data", str(base / "ds"), "--split",
+                           "train", "--actors", "4", "--bootstrap", "50", "--output",
+                           str(base / "eval"))
     assert status == "SUCCEEDED", logs[-3000:]
     with open(base / "eval" / "metrics.json") as fh:
         assert json.load(fh)["protocol"]["split"] == "train"
-    job = submit(cluster, "python", "-m", "jobs.predict", "--checkpoint",
-                 str(base / "train" / "best"), "--input", str(base / "raw" / "patient_0000"),
-                 "--output", str(base / "pred"))
-    status, logs = wait_job(cluster, job)
+    status, logs = run_job(cluster, "python", "-m", "jobs.predict", "--checkpoint",
+                           str(base / "train" / "best"), "--input",
+                           str(base / "raw" / "patient_0000"), "--output", str(base / "pred"))
     assert status == "SUCCEEDED", logs[-3000:]
     assert len(list((base / "pred").glob("*_seg.dcm"))) == 4
 
@@ -88,9 +85,8 @@ def test_search_by_job_submit_runs_one_trial_per_node(cluster, raw):
     config.write_text("model: {levels: 2, base_filters: 4}\n"
                       "train: {epochs: 2, batch_size: 2, loss: bce, cpus_per_worker: 2}\n"
                       "tune: {num_samples: 2, max_concurrent: 2, levels: [2, 3]}\n")
-    job = submit(cluster, "python", "-m", "jobs.tune", "--config", str(config), "--data",
-                 str(raw / "ds"), "--output", str(raw / "search"))
-    status, logs = wait_job(cluster, job)
+    status, logs = run_job(cluster, "python", "-m", "jobs.tune", "--config", str(config),
+                           "--data", str(raw / "ds"), "--output", str(raw / "search"))
     assert status == "SUCCEEDED", logs[-3000:]
     assert len(worker_nodes(logs, "train: worker rank 0 of 1")) == 2, logs[-3000:]
     summary = json.loads((raw / "search" / "summary.json").read_text())
@@ -102,9 +98,9 @@ def test_search_by_job_submit_runs_one_trial_per_node(cluster, raw):
 def test_job_with_bad_config_fails_and_names_the_key(cluster, raw):
     config = raw / "bad.yaml"
     config.write_text("train: {epochs: 0}\n")
-    job = submit(cluster, "python", "-m", "jobs.train", "--config", str(config), "--data",
-                 str(raw / "ds"), "--output", str(raw / "never"))
-    status, logs = wait_job(cluster, job, timeout=180)
+    status, logs = run_job(cluster, "python", "-m", "jobs.train", "--config", str(config),
+                           "--data", str(raw / "ds"), "--output", str(raw / "never"),
+                           timeout=180)
     assert status == "FAILED"
     assert "train.epochs" in logs
     assert not (raw / "never").exists()
