@@ -20,7 +20,9 @@ def test_tf_config_names_every_worker_and_this_one(monkeypatch):
     addresses = ["10.0.0.1:40001", "10.0.0.2:40002"]
     assert tf_config(addresses, 1) == {"cluster": {"worker": addresses},
                                        "task": {"type": "worker", "index": 1}}
-    monkeypatch.delenv("TF_CONFIG", raising=False)
+    # setenv records TF_CONFIG's state before the test (absent), which teardown restores: a
+    # TF_CONFIG left behind would send every later strategy in this process to these addresses.
+    monkeypatch.setenv("TF_CONFIG", "{}")
     _set_tf_config(addresses, 0)
     import os
 
