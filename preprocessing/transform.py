@@ -97,7 +97,8 @@ def preprocess_image(dicom: DicomImage, mask: np.ndarray | None, cfg: DataConfig
             crop = cv2.bitwise_and(crop, crop, mask=keep)  # a new array: pixels stay intact
     if cfg.clahe_at == "crop":
         with timer("clahe"):
-            crop = geometry.apply_clahe(crop, cfg.clahe_clip_limit, cfg.clahe_tile_grid)
+            crop = geometry.apply_clahe(crop, cfg.clahe_clip_limit, cfg.clahe_tile_grid,
+                                       cfg.clahe_bins)
     with timer("resize"):
         image = geometry.resize_square(crop, cfg.size, pad_to_square=cfg.pad_to_square,
                                        mask=False)
@@ -107,7 +108,8 @@ def preprocess_image(dicom: DicomImage, mask: np.ndarray | None, cfg: DataConfig
             # "crop", not the padding.
             hh, ww = geometry.content_shape(crop.shape, cfg.size, cfg.pad_to_square)
             image[:hh, :ww] = geometry.apply_clahe(np.ascontiguousarray(image[:hh, :ww]),
-                                                   cfg.clahe_clip_limit, cfg.clahe_tile_grid)
+                                                   cfg.clahe_clip_limit, cfg.clahe_tile_grid,
+                                                   cfg.clahe_bins)
     with timer("resize"):
         breast = None
         if keep is not None:

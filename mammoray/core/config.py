@@ -232,6 +232,11 @@ class DataConfig:
     clahe_clip_limit: float = option(2.0, "CLAHE clip limit; 0 switches CLAHE off", min=0.0,
                                      max=100.0)
     clahe_tile_grid: int = option(8, "CLAHE tiles per side", min=1, max=64)
+    clahe_bins: int = option(65536, "CLAHE histogram bins per tile: 65536 = OpenCV's 16-bit "
+                             "CLAHE (the seed study; on images of a few megapixels any limit "
+                             "below ~10 clips at its strongest); 256 = on the top 8 bits, where "
+                             "the limit means what it does on 8-bit images "
+                             "(docs/preprocessing.md)", choices=(256, 65536))
     clahe_at: str = option("crop", "where CLAHE runs: crop = on the full-resolution breast crop "
                            "(the seed study); output = after the resize, on the input-size "
                            "image with the same tiles per side (several times cheaper; "

@@ -55,6 +55,7 @@ def test_overrides_win_and_none_is_skipped():
     ({"data": {"size": 256.0}}, "data.size: expected an integer"),
     ({"data": {"overwrite": "yes"}}, "data.overwrite: expected true or false"),
     ({"data": {"format": "dicomdir"}}, "data.format: 'dicomdir' is not allowed; choose one of"),
+    ({"data": {"clahe_bins": 4096}}, "data.clahe_bins: 4096 is not allowed; choose one of"),
     ({"data": {"crop": {"blur_kernel": 4}}}, "data.crop.blur_kernel: must be odd"),
     ({"data": {"crop": {"nope": 1}}}, "data.crop.nope: unknown key"),
     ({"data": {"val_fraction": 0.5, "test_fraction": 0.5}},

@@ -164,6 +164,41 @@ def test_clahe_switch_and_dtype():
     assert out.dtype == np.uint16 and out.shape == img.shape and not np.array_equal(out, img)
 
 
+def test_clahe_limit_on_16_bit_and_on_8_bit_histograms():
+    """OpenCV clips a tile's histogram at limit x tile pixels / bins counts, at least 1: on a
+    16-bit histogram of 64 x 64 tiles every limit below 16 is 1 count, so 1, 2 and 4 give the
+    same pixels; on 256 bins they are 16, 32 and 64 counts, and differ."""
+    rng = np.random.default_rng(3)
+    img = np.zeros((512, 512), np.uint16)
+    img[:, 256:] = 20000  # a step, and a faint mass on the bright side
+    cv2.circle(img, (380, 250), 40, 26000, -1)
+    img = (img + rng.normal(0, 2500, img.shape).clip(0, None)).astype(np.uint16)
+    wide = [geometry.apply_clahe(img, limit, 8) for limit in (1.0, 2.0, 4.0)]
+    assert np.array_equal(wide[0], wide[1]) and np.array_equal(wide[1], wide[2])
+    narrow = [geometry.apply_clahe(img, limit, 8, bins=256) for limit in (1.0, 2.0, 4.0)]
+    assert not np.array_equal(narrow[0], narrow[1]) and not np.array_equal(narrow[1], narrow[2])
+
+    def contrast(out):  # the mass against the bright side around it, in units of 0-65535
+        ring = np.zeros(img.shape, np.uint8)
+        cv2.circle(ring, (380, 250), 70, 1, -1)
+        cv2.circle(ring, (380, 250), 50, 0, -1)
+        inside = np.zeros(img.shape, np.uint8)
+        cv2.circle(inside, (380, 250), 30, 1, -1)
+        return out[inside > 0].mean() - out[ring > 0].mean()
+
+    # A higher limit equalises more: the mass stands out more, up to the 16-bit CLAHE's
+    # strongest; every output is on the 16-bit scale (an 8-bit value v becomes 257 v).
+    gains = [contrast(o) for o in narrow]
+    assert contrast(img) < gains[0] < gains[1] < gains[2] <= contrast(wide[0]) * 1.05
+    for out in narrow:
+        assert out.dtype == np.uint16 and not (out % 257).any()
+    # Pixels whose top 8 bits are equal get the same value (the same 8-bit CLAHE input).
+    same = (img >> 8) == (img[0, 0] >> 8)
+    assert np.unique(narrow[1][:64, :64][same[:64, :64]]).size == 1
+    with pytest.raises(ValueError, match="256 or 65536"):
+        geometry.apply_clahe(img, 2.0, 8, bins=4096)
+
+
 def test_geometry_is_frozen():
     g = geometry.Geometry(10, 10, False, (0, 0, 10, 10), 8, False)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -387,8 +422,9 @@ def test_clahe_at_output_is_clahe_of_the_resized_crop(pad):
     assert not np.array_equal(out.image, resized)  # CLAHE did change it
 
 
-@pytest.mark.parametrize("clahe_at", ["crop", "output"])
-def test_breast_only_masks_the_full_resolution_crop(clahe_at):
+@pytest.mark.parametrize("clahe_at,bins", [("crop", 65536), ("output", 65536), ("crop", 256),
+                                           ("output", 256)])
+def test_breast_only_masks_the_full_resolution_crop(clahe_at, bins):
     """With data.breast_only, the crop is zeroed outside the (grown) breast at full resolution,
     before CLAHE and the resize, at either CLAHE place: no pixel outside it (background, the
     film's scanner border next to the breast, labels) is averaged into an output pixel. The
@@ -397,7 +433,7 @@ def test_breast_only_masks_the_full_resolution_crop(clahe_at):
     from preprocessing.transform import breast_margin
 
     img, _ = film_image()
-    cfg = DataConfig(size=128, clahe_at=clahe_at)
+    cfg = DataConfig(size=128, clahe_at=clahe_at, clahe_bins=bins)
     out = preprocess_image(_dicom(img, "L"), None, cfg)
     assert not out.geometry.flipped
     region = geometry.find_breast(img, cfg.crop)
@@ -406,11 +442,11 @@ def test_breast_only_masks_the_full_resolution_crop(clahe_at):
     crop = img[y0:y1, x0:x1] * keep
     assert (crop == 0).any() and (img[y0:y1, x0:x1][keep == 0] > 0).all()  # outside was lit
     if clahe_at == "crop":
-        want = geometry.resize_square(geometry.apply_clahe(crop, 2.0, 8), 128,
+        want = geometry.resize_square(geometry.apply_clahe(crop, 2.0, 8, bins), 128,
                                       pad_to_square=False, mask=False)
     else:
         want = geometry.apply_clahe(
-            geometry.resize_square(crop, 128, pad_to_square=False, mask=False), 2.0, 8)
+            geometry.resize_square(crop, 128, pad_to_square=False, mask=False), 2.0, 8, bins)
     breast = geometry.resize_square(keep, 128, pad_to_square=False, mask="nearest")
     np.testing.assert_array_equal(out.breast, breast)
     np.testing.assert_array_equal(out.image, want * breast)
