@@ -121,8 +121,8 @@ class SessionCluster:
                 body = json.load(response)
         except (OSError, ValueError):
             return None
-        data = body.get("data") or {}
-        text = data.get("clusterStatus") or data.get("cluster_status")
+        # Ray's REST responses name their fields in camel case (rest_response).
+        text = (body.get("data") or {}).get("clusterStatus")
         return text if body.get("result") and isinstance(text, str) else None
 
     def active_nodes(self) -> int | None:
