@@ -152,6 +152,10 @@ class EpochProgress(UserCallback):
         write_history(history, self.output)
         if self.tensorboard:
             self._write_events(row, overlays, first=restored is not None or len(history) == 1)
+            if epoch >= self.epochs:
+                # The run's last report (Ray Train calls no hook after it): the local copy of
+                # the events of an output on object storage goes now, not at the process' end.
+                self.close()
 
     def _write_events(self, row: dict[str, Any], overlays, *, first: bool) -> None:
         """Every event of an epoch on disk before the report returns: Ray Train has no hook for

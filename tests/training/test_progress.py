@@ -114,6 +114,27 @@ def test_each_epoch_is_on_disk_when_its_report_returns(tmp_path):
     assert events(out / "tensorboard")["iou/validation"][-1] == (2, pytest.approx(0.5))
 
 
+def test_events_for_an_output_uri_are_copied_each_epoch_and_the_local_copy_goes_at_the_end(
+        tmp_path):
+    """An output given as a URI (object storage; here file://) gets its events through a
+    local folder copied up after every epoch; that folder is removed after the last epoch
+    (before, one was left in the temp folder per run)."""
+    from mammoray.training.progress import EpochProgress
+
+    out = tmp_path / "run"
+    (out / "tensorboard").mkdir(parents=True)  # object storage needs no folders; file:// does
+    progress = EpochProgress(f"file://{out}", 2)
+    progress.on_epoch(row(1, 0.1))
+    local = progress._local_events
+    assert local and os.path.isdir(local) and not local.startswith(str(out))
+    assert events(out / "tensorboard")["iou/validation"] == [(1, pytest.approx(0.1))]
+    progress.on_epoch(row(2, 0.4))
+    assert not os.path.exists(local)
+    assert events(out / "tensorboard")["iou/validation"] == [(1, pytest.approx(0.1)),
+                                                             (2, pytest.approx(0.4))]
+    assert [r["epoch"] for r in rows_of(out)] == ["1", "2"]
+
+
 def test_validation_pictures_outline_truth_and_prediction():
     import keras
 
