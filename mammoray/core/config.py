@@ -432,6 +432,10 @@ class TrainConfig:
         "contrast by up to 10%; strong = nnU-Net's set: Gaussian noise, Gaussian blur, "
         "contrast by up to 25%, a lower resolution simulated, gamma 0.7-1.5 (docs/training.md)",
         choices=AUGMENT_INTENSITIES)
+    augment_elastic: float = option(
+        0.0, "probability of an elastic deformation in patch_augment and image_augment, after "
+        "the flip or turn: a smooth random displacement field (median about 0.8% of the side, "
+        "smooth over about 8% of it), image and mask moved alike", min=0.0, max=1.0)
 
     def check(self, prefix: str) -> None:
         if self.patch_size and self.image_augment:
@@ -444,9 +448,13 @@ class TrainConfig:
                               f"augment_geometry chest_wall; {prefix}.augment_geometry is d4 "
                               f"(the square's 8 symmetries, no zoom)")
         augments = self.patch_augment if self.patch_size else self.image_augment
+        switch = "patch_augment" if self.patch_size else "image_augment"
         if self.augment_intensity != "light" and not augments:
-            switch = "patch_augment" if self.patch_size else "image_augment"
             raise ConfigError(f"{prefix}.augment_intensity: {self.augment_intensity} changes "
+                              f"augmented images, but {prefix}.{switch} is false (no "
+                              f"augmentation)")
+        if self.augment_elastic and not augments:
+            raise ConfigError(f"{prefix}.augment_elastic: {self.augment_elastic} deforms "
                               f"augmented images, but {prefix}.{switch} is false (no "
                               f"augmentation)")
         if self.patch_size and self.batch_size % self.patches_per_image:

@@ -70,10 +70,12 @@ def draw_patch(image: np.ndarray, mask: np.ndarray, patch: int, foreground_fract
 
 
 def augmenter(seed: int, geometry: str = "d4", zoom: tuple[float, float] = tuple(DEFAULT_ZOOM),
-              intensity: str = "light"):
+              intensity: str = "light", elastic: float = 0.0, side: int = 256):
     """The on-the-fly augmentation of patches (``train.patch_augment``) and of whole images
-    (``train.image_augment``): a flip or turn (``train.augment_geometry``), then intensity
-    changes (``train.augment_intensity``), on float32 images in [0, 1] (albumentations' range).
+    (``train.image_augment``): a flip or turn (``train.augment_geometry``), with probability
+    ``elastic`` an elastic deformation (``train.augment_elastic``, :func:`elastic_deformation`
+    for images or patches of ``side`` pixels), then intensity changes
+    (``train.augment_intensity``), on float32 images in [0, 1] (albumentations' range).
 
     ``d4``: one of the square's 8 symmetries. ``chest_wall``: only what keeps the chest wall on
     the left, where preprocessing puts it: an up-down mirror (p = 1/2), and with p = 1/2 a turn
@@ -98,6 +100,8 @@ def augmenter(seed: int, geometry: str = "d4", zoom: tuple[float, float] = tuple
     else:
         raise ValueError(f"augment geometry {geometry!r}: expected one of "
                          f"{', '.join(AUGMENT_GEOMETRIES)}")
+    if elastic:
+        shape.append(elastic_deformation(side, elastic))
     if intensity == "light":
         pixels = [A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5)]
     elif intensity == "strong":
@@ -111,6 +115,23 @@ def augmenter(seed: int, geometry: str = "d4", zoom: tuple[float, float] = tuple
         raise ValueError(f"augment intensity {intensity!r}: expected one of "
                          f"{', '.join(AUGMENT_INTENSITIES)}")
     return A.Compose(shape + pixels, seed=seed)
+
+
+def elastic_deformation(side: int, p: float):
+    """Albumentations' elastic deformation (Simard et al. 2003, as the U-Net paper used it) for
+    images of ``side`` pixels, with probability ``p``: Gaussian noise smoothed over 8% of the
+    side (sigma = side / 12.8) displaces each pixel by a median of about 0.8% of the side (2 px
+    at 256, measured; alpha grows with the side squared because the smoothing shrinks the
+    field as 1 / sigma). The image is resampled linearly, the mask nearest-neighbour, and
+    what comes in from outside is 0 (the background's value)."""
+    import albumentations as A
+    import cv2
+
+    scale = side / 256.0
+    return A.ElasticTransform(alpha=128.0 * scale ** 2, sigma=20.0 * scale, approximate=True,
+                              interpolation=cv2.INTER_LINEAR,
+                              mask_interpolation=cv2.INTER_NEAREST,
+                              border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=p)
 
 
 def augment_batch(transform, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -130,10 +151,11 @@ class PatchSampler:
     def __init__(self, patch: int, foreground_fraction: float, per_image: int, *,
                  augment: bool, seed: int, geometry: str = "d4",
                  zoom: tuple[float, float] = tuple(DEFAULT_ZOOM),
-                 intensity: str = "light") -> None:
+                 intensity: str = "light", elastic: float = 0.0) -> None:
         self.patch, self.foreground_fraction, self.per_image = patch, foreground_fraction, per_image
         self.rng = np.random.default_rng(seed)
-        self.augment = augmenter(seed, geometry, zoom, intensity) if augment else None
+        self.augment = (augmenter(seed, geometry, zoom, intensity, elastic, side=patch)
+                        if augment else None)
         self.drawn = self.foreground = 0
 
     def __call__(self, images: np.ndarray,

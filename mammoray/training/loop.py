@@ -208,11 +208,13 @@ def batch_inputs(tcfg: TrainConfig, size: int, epoch: int,
         sampler = PatchSampler(tcfg.patch_size, tcfg.foreground_fraction,
                                tcfg.patches_per_image, augment=tcfg.patch_augment, seed=seed,
                                geometry=tcfg.augment_geometry, zoom=tcfg.augment_zoom,
-                               intensity=tcfg.augment_intensity)
+                               intensity=tcfg.augment_intensity,
+                               elastic=tcfg.augment_elastic)
         return (tcfg.batch_size // tcfg.patches_per_image,
                 lambda batch: sampler(*stored_rows(batch["image"], batch["mask"], size)))
     transform = (augmenter(seed, tcfg.augment_geometry, tcfg.augment_zoom,
-                           tcfg.augment_intensity) if tcfg.image_augment else None)
+                           tcfg.augment_intensity, tcfg.augment_elastic, side=size)
+                 if tcfg.image_augment else None)
 
     def whole(batch: dict) -> tuple[np.ndarray, np.ndarray]:
         x, y = decode_rows(batch["image"], batch["mask"], size)
