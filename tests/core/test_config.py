@@ -48,6 +48,13 @@ def test_overrides_win_and_none_is_skipped():
     ({"train": {"augment_intensity": "strong"}},
      "train.augment_intensity: strong changes augmented images, but train.image_augment is "
      "false (no augmentation)"),
+    ({"train": {"augment_elastic": 0.5}},
+     "train.augment_elastic: 0.5 deforms augmented images, but train.image_augment is false "
+     "(no augmentation)"),
+    ({"train": {"augment_elastic": 0.5, "patch_size": 32, "patch_augment": False}},
+     "train.augment_elastic: 0.5 deforms augmented images, but train.patch_augment is false"),
+    ({"train": {"augment_elastic": 1.5, "image_augment": True}},
+     "train.augment_elastic: 1.5 is out of range; allowed 0.0 to 1.0"),
     ({"train": {"augment_intensity": "heavy", "image_augment": True}},
      "train.augment_intensity: 'heavy' is not allowed; choose one of"),
     ({"data": {"size": 8}}, "data.size: 8 is out of range; allowed 16 to 8192"),

@@ -192,6 +192,58 @@ def test_chest_wall_zoom_is_the_configured_one(zoom):
     assert np.allclose(ratios, zoom ** 2, rtol=0.08), (min(ratios), max(ratios))
 
 
+@pytest.mark.parametrize("side", [256, 512])
+def test_elastic_deformation_moves_about_one_percent_of_the_side_smoothly(side):
+    """``train.augment_elastic``'s field, measured on an image of its own coordinates: each
+    pixel comes from a median of 0.5-1.2% of the side away (0.8% designed) at both sizes,
+    and neighbouring pixels move almost alike (a smooth field, not noise)."""
+    import albumentations as A
+
+    from mammoray.model.patches import elastic_deformation
+
+    transform = A.Compose([elastic_deformation(side, 1.0)], seed=0)
+    rows, cols = np.mgrid[0:side, 0:side].astype(np.float32)
+    inner = (slice(side // 8, -side // 8),) * 2  # away from what comes in from outside
+    medians, steps = [], []
+    for _ in range(4):
+        out = transform(image=np.dstack([cols, rows]))["image"]
+        dx, dy = out[..., 0] - cols, out[..., 1] - rows
+        medians.append(float(np.median(np.hypot(dx, dy)[inner])))
+        steps.append(float(np.median(np.abs(np.diff(dx, axis=1))[inner])))
+    assert 0.005 * side < np.median(medians) < 0.012 * side, medians
+    # Pixels a step apart move within 0.1 px of each other (OpenCV's remap resolves 1/32 px;
+    # albumentations' approximate field, a 17 x 17 blur, gave 0.375).
+    assert max(steps) < 0.1, steps
+
+
+def test_elastic_deformation_moves_image_and_mask_alike():
+    """A mass of brightness 1 on a background of 0: after the whole-image augmentation with
+    ``elastic`` 1, the bright pixels are the mask's (the mask nearest-neighbour, the image
+    linear: they may differ on the outline only), the outline has changed, the area has not
+    much; with ``elastic`` 0 the augmentation has no elastic step."""
+    import cv2
+
+    mask = np.zeros((256, 256), np.float32)
+    cv2.circle(mask, (100, 120), 30, 1.0, -1)
+    x0, y0 = mask[None, ..., None].copy(), mask[None, ..., None].copy()
+    transform = augmenter(5, "chest_wall", (1.0, 1.0), "light", 1.0, side=256)
+    kernel = np.ones((3, 3), np.uint8)
+    for _ in range(20):
+        x, y = augment_batch(transform, x0.copy(), y0.copy())
+        m = y[0, ..., 0].astype(np.uint8)
+        assert set(np.unique(m)) <= {0, 1}
+        outline = cv2.dilate(m, kernel) - cv2.erode(m, kernel)
+        bright = (x[0, ..., 0] > 0.45).astype(np.uint8)
+        assert np.array_equal(bright[outline == 0], m[outline == 0])
+        assert not np.array_equal(m, mask.astype(np.uint8))
+        assert not np.array_equal(m, mask[::-1].astype(np.uint8))
+        assert 0.85 < m.sum() / mask.sum() < 1.15
+    kinds = [type(t).__name__ for t in augmenter(5, "chest_wall").transforms]
+    assert "ElasticTransform" not in kinds
+    assert "ElasticTransform" in [type(t).__name__
+                                  for t in augmenter(5, "d4", elastic=0.5).transforms]
+
+
 def test_intensity_augmentation_light_and_strong():
     """``train.augment_intensity``: over 400 draws of d4 (which leaves a uniform image and a
     full mask as they are), ``light`` keeps a uniform image uniform and a step edge two-valued

@@ -134,6 +134,21 @@ def test_the_epochs_whole_images_are_augmented_only_with_image_augment():
         areas = ys.sum(axis=(1, 2, 3))
         assert set(areas[areas != 15]) and all(28 <= a <= 40 for a in areas if a != 15), extra
 
+    # train.augment_elastic reaches them as well: with d4 alone every mask is one of the
+    # block's 8 symmetries; with the elastic step always on, some are none of them.
+    square = np.zeros((64, 64), np.uint8)
+    square[20:40, 16:44] = 1
+    symmetries = [np.rot90(m, k) for m in (square, square[::-1]) for k in range(4)]
+    batch = {"image": np.array([np.where(square, 60000, 2000).astype(np.uint16).tobytes()] * 8,
+                               object), "mask": np.array([square.tobytes()] * 8, object)}
+    for elastic, extra in ((0.0, {"image_augment": True}), (1.0, {"image_augment": True}),
+                           (1.0, {"patch_size": 64, "foreground_fraction": 1.0})):
+        tcfg = config_from_dict({"train": {"batch_size": 8, "augment_elastic": elastic,
+                                           **extra}}).train
+        ys = batch_inputs(tcfg, 64, epoch=0)[1](batch)[1][..., 0].astype(np.uint8)
+        plain = [any(np.array_equal(m, s) for s in symmetries) for m in ys]
+        assert all(plain) if elastic == 0 else not any(plain), (elastic, extra)
+
 
 def test_the_moving_average_is_validated_checkpointed_and_restored(tmp_path):
     """train.ema_momentum 0.5: after three steps the average is w1 / 4 + w2 / 4 + w3 / 2 (the
