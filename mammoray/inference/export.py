@@ -185,8 +185,10 @@ def export_checkpoint(opts: ExportOptions, *, log: Callable[[str], None] = print
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log(f"export: SavedModel{' and ONNX' if opts.onnx else ''} of a {size} x {size} model -> "
-        f"{output} (largest difference from the checkpoint: "
-        + ", ".join(f"{k} {v:.2g}" for k, v in summary["max_abs_difference"].items()) + ")")
+        f"{output} (largest difference from the checkpoint's probabilities, and the share of "
+        f"mask pixels that change: "
+        + ", ".join(f"{k} {v:.2g}, {summary['mask_pixels_changed'][k]:.2%}"
+                    for k, v in summary["max_abs_difference"].items()) + ")")
     return summary
 
 
@@ -195,15 +197,17 @@ def _export_into(work: str, model, cfg, size: int, meta: dict[str, Any], images:
     """Write the exports into the local folder ``work`` and check each against the
     checkpoint's probabilities on the probe batch."""
     write_saved_model(model, size, os.path.join(work, SAVED_MODEL))
-    differences = {"saved_model": float(np.abs(saved_model_probabilities(
-        os.path.join(work, SAVED_MODEL), images) - reference).max())}
-    if differences["saved_model"] > SAVED_MODEL_TOLERANCE:
+    outputs = {"saved_model": saved_model_probabilities(os.path.join(work, SAVED_MODEL), images)}
+    saved_difference = float(np.abs(outputs["saved_model"] - reference).max())
+    if saved_difference > SAVED_MODEL_TOLERANCE:
         raise ExportError(f"the SavedModel's probabilities differ from the checkpoint's by "
-                          f"{differences['saved_model']:.3g}")
+                          f"{saved_difference:.3g}")
     if opts.onnx:
         write_onnx(model, size, os.path.join(work, ONNX_FILE))
-        differences["onnx"] = float(np.abs(onnx_probabilities(
-            os.path.join(work, ONNX_FILE), images) - reference).max())
+        outputs["onnx"] = onnx_probabilities(os.path.join(work, ONNX_FILE), images)
+    differences = {k: float(np.abs(v - reference).max()) for k, v in outputs.items()}
+    # What a user sees of a difference: pixels whose mask (probability > 0.5) changes.
+    flipped = {k: float(np.mean((v > 0.5) != (reference > 0.5))) for k, v in outputs.items()}
     policies = sorted({layer.dtype_policy.name for layer in model.layers} - {"float32"})
     with open(os.path.join(work, "preprocessing.json"), "w") as fh:
         json.dump({"size": size, "preprocessing": meta.get("preprocessing")}, fh, indent=1)
@@ -219,7 +223,8 @@ def _export_into(work: str, model, cfg, size: int, meta: dict[str, Any], images:
         "files": sorted([SAVED_MODEL, "preprocessing.json", "export.json"]
                         + ([ONNX_FILE] if opts.onnx else [])),
         "onnx_opset": ONNX_OPSET if opts.onnx else None,
-        "probe_images": int(images.shape[0]), "max_abs_difference": differences}
+        "probe_images": int(images.shape[0]), "max_abs_difference": differences,
+        "mask_pixels_changed": flipped}
     with open(os.path.join(work, "export.json"), "w") as fh:
         json.dump(summary, fh, indent=1)
     return summary

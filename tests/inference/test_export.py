@@ -67,6 +67,7 @@ def test_the_saved_model_equals_the_checkpoint(bf16_checkpoint, exported):
     np.testing.assert_array_equal(got.numpy(), checkpoint_probabilities(bf16_checkpoint,
                                                                         images))
     assert summary["max_abs_difference"]["saved_model"] == 0.0
+    assert summary["mask_pixels_changed"]["saved_model"] == 0.0
     assert summary["model"]["dtype_policy"] == "mixed_bfloat16"
 
 
@@ -95,6 +96,14 @@ def test_the_onnx_model_takes_the_same_input_and_differs_only_by_bfloat16_roundi
     difference = np.abs(got - checkpoint_probabilities(bf16_checkpoint, images)).max()
     assert 0 < difference < 0.05
     assert 0 < summary["max_abs_difference"]["onnx"] < 0.05
+    # The share of the probe batch's mask pixels that change, as export.json records it.
+    from mammoray.inference.export import probe_batch
+
+    probe = probe_batch(SIZE, summary["probe_images"])
+    mask = checkpoint_probabilities(bf16_checkpoint, probe) > 0.5
+    onnx_mask = session.run(None, {"image": probe})[0] > 0.5
+    assert summary["mask_pixels_changed"]["onnx"] == pytest.approx(np.mean(mask != onnx_mask))
+    assert summary["mask_pixels_changed"]["onnx"] < 0.01
 
 
 def test_the_folder_holds_the_preprocessing_and_a_record(exported):
